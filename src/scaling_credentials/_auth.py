@@ -1,0 +1,297 @@
+"""ScalingAuth: an httpx.Auth that sends the key and picks up a rotated one.
+
+The decisions (may the key go to this URL? is this 401 a rejected key? retry with which
+key?) live in plain functions that both the sync and the async driver call, so the two
+paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncGenerator, Generator, Iterable
+from datetime import timedelta
+from typing import Literal
+
+import httpx
+
+from ._api import MAX_ERROR_BODY, parse_error_body
+from ._cache import KeyCache
+from ._errors import ConfigurationError, ScalingCredentialsError
+from ._key import ApiKey
+from ._provider import Provider
+
+__all__ = ["ScalingAuth", "is_key_rejection", "retry_decision"]
+
+logger = logging.getLogger("scaling_credentials.auth")
+
+SCALING_HOST = "api.scaling.cloud"
+
+
+# ---------------------------------------------------------------------- plain decisions
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _normalize_hosts(hosts: Iterable[str] | None) -> tuple[frozenset[str], tuple[str, ...]]:
+    if hosts is None:
+        return frozenset(), ()
+    if isinstance(hosts, str):
+        hosts = [hosts]
+    exact: set[str] = set()
+    suffixes: list[str] = []
+    for raw in hosts:
+        if not isinstance(raw, str) or not raw.strip():
+            raise ConfigurationError(f"allowed_hosts entries must be host names, got {raw!r}")
+        host = raw.strip().lower().rstrip(".")
+        bare_ipv6 = host.count(":") >= 2  # an IPv6 literal has several colons
+        if "/" in host or "@" in host or (":" in host and not bare_ipv6):
+            raise ConfigurationError(
+                f"allowed_hosts takes bare host names (api.example.com, *.example.com), "
+                f"not URLs or host:port, got {raw!r}"
+            )
+        if host.startswith("*."):
+            suffixes.append(host[1:])
+        elif host.startswith("."):
+            suffixes.append(host)
+        else:
+            exact.add(host.strip("[]"))
+    return frozenset(exact), tuple(suffixes)
+
+
+def check_destination(
+    url: httpx.URL, exact: frozenset[str] = frozenset(), suffixes: tuple[str, ...] = ()
+) -> None:
+    """Raise :class:`ConfigurationError` unless the key may be sent to ``url``: https to
+    ``api.scaling.cloud``, its subdomains or ``allowed_hosts``; any scheme to loopback."""
+    host = url.host.lower().rstrip(".")
+    loopback = _is_loopback(host)
+    known = (
+        host == SCALING_HOST
+        or host.endswith("." + SCALING_HOST)
+        or host in exact
+        or any(host.endswith(s) for s in suffixes)
+    )
+    if not (known or loopback):
+        raise ConfigurationError(
+            f"refusing to send the Scaling API key to {host!r}: it goes only to "
+            f"{SCALING_HOST}, its subdomains, loopback hosts and allowed_hosts; if this host "
+            "is yours, pass ScalingAuth(..., allowed_hosts=[...])"
+        )
+    if url.scheme != "https" and not loopback:
+        raise ConfigurationError(
+            f"refusing to send the Scaling API key over plain {url.scheme}:// to {host!r}; "
+            "use https://"
+        )
+
+
+def is_key_rejection(response: httpx.Response) -> bool:
+    """True for a 401 whose JSON ``code`` is ``invalid_api_key`` (the body must be read)."""
+    if response.status_code != 401:
+        return False
+    return parse_error_body(response.content).code == "invalid_api_key"
+
+
+def _body_is_small(response: httpx.Response) -> bool:
+    length = response.headers.get("content-length")
+    return length is None or (length.isdigit() and int(length) <= MAX_ERROR_BODY)
+
+
+def _is_replayable(request: httpx.Request) -> bool:
+    # bytes, str, JSON and form bodies (and any body already read) are a ByteStream, which
+    # can be sent again byte for byte; generators and files are one-shot.
+    return isinstance(request.stream, httpx.ByteStream)
+
+
+Decision = Literal["retry", "same-key", "not-replayable"]
+
+
+def retry_decision(sent: ApiKey, fresh: ApiKey, *, replayable: bool) -> Decision:
+    """What to do after a rejected key was refreshed: retry with ``fresh``, or return the
+    401 because the source still holds the rejected key or the body cannot be resent."""
+    if fresh == sent:
+        return "same-key"
+    if not replayable:
+        return "not-replayable"
+    return "retry"
+
+
+def _request_id(response: httpx.Response) -> str:
+    return parse_error_body(response.content).request_id or "none"
+
+
+# ---------------------------------------------------------------------- the auth
+
+
+class ScalingAuth(httpx.Auth):
+    """An :class:`httpx.Auth` for :class:`httpx.Client` and :class:`httpx.AsyncClient` that
+    sends ``Authorization: Bearer <key>`` and, after a 401 ``invalid_api_key``, refreshes the
+    key and sends the request once more.
+
+    ``source`` is a :class:`Provider` (cached for ``ttl`` seconds), a :class:`KeyCache`, a
+    source URI string, or ``None`` to configure from the environment
+    (:func:`provider_from_env`). ``allowed_hosts`` adds hosts (``api.example.com`` or
+    ``*.example.com``) that may receive the key over https, besides ``api.scaling.cloud``,
+    its subdomains and loopback hosts.
+    """
+
+    requires_request_body = False
+    requires_response_body = False
+
+    def __init__(
+        self,
+        source: Provider | KeyCache | str | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+        allowed_hosts: Iterable[str] | None = None,
+    ) -> None:
+        self._cache = _as_cache(source, ttl)
+        self._exact, self._suffixes = _normalize_hosts(allowed_hosts)
+        self._checked: set[tuple[str, str]] = set()
+        self._header: tuple[ApiKey, str] | None = None
+
+    @property
+    def cache(self) -> KeyCache:
+        """The key cache this auth reads from."""
+        return self._cache
+
+    def __repr__(self) -> str:
+        return f"<ScalingAuth {self._cache.describe()}>"
+
+    # -- shared steps
+
+    def _check(self, request: httpx.Request) -> None:
+        url = request.url
+        marker = (url.scheme, url.host)
+        if marker in self._checked:
+            return
+        check_destination(url, self._exact, self._suffixes)
+        if len(self._checked) < 64:
+            self._checked.add(marker)
+
+    def _apply(self, request: httpx.Request, key: ApiKey) -> None:
+        header = self._header
+        if header is None or header[0] is not key:
+            header = (key, "Bearer " + key.reveal())
+            self._header = header
+        request.headers["Authorization"] = header[1]
+
+    def _after_refresh(
+        self, request: httpx.Request, response: httpx.Response, sent: ApiKey, fresh: ApiKey
+    ) -> bool:
+        decision = retry_decision(sent, fresh, replayable=_is_replayable(request))
+        if decision == "retry":
+            logger.info(
+                "Scaling API rejected key %s (requestId %s); retrying %s %s once with %s from %s",
+                sent.masked,
+                _request_id(response),
+                request.method,
+                request.url.path,
+                fresh.masked,
+                self._cache.describe(),
+            )
+            self._apply(request, fresh)
+            return True
+        if decision == "same-key":
+            logger.warning(
+                "Scaling API rejected key %s (requestId %s) and %s still holds it; returning "
+                "the 401. Put a valid key in the source (rotate it) to recover",
+                sent.masked,
+                _request_id(response),
+                self._cache.describe(),
+            )
+        else:
+            logger.warning(
+                "Scaling API rejected key %s (requestId %s); the key was refreshed to %s but "
+                "the request body is a one-shot stream that cannot be resent, so the 401 is "
+                "returned; the next request uses the new key",
+                sent.masked,
+                _request_id(response),
+                fresh.masked,
+            )
+        return False
+
+    def _refresh_failed(self, response: httpx.Response, sent: ApiKey, exc: Exception) -> None:
+        logger.warning(
+            "Scaling API rejected key %s (requestId %s) and refreshing it from %s failed "
+            "(%s); returning the 401",
+            sent.masked,
+            _request_id(response),
+            self._cache.describe(),
+            type(exc).__name__,
+        )
+
+    # -- the drivers
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        self._check(request)
+        key = self._cache.get()
+        self._apply(request, key)
+        response = yield request
+        if response.status_code != 401 or not _body_is_small(response):
+            return
+        response.read()
+        if not is_key_rejection(response):
+            return
+        try:
+            fresh = self._cache.refresh(rejected=key)
+        except ScalingCredentialsError as exc:
+            self._refresh_failed(response, key, exc)
+            return
+        if self._after_refresh(request, response, key, fresh):
+            yield request
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        self._check(request)
+        key = await self._cache.aget()
+        self._apply(request, key)
+        response = yield request
+        if response.status_code != 401 or not _body_is_small(response):
+            return
+        await response.aread()
+        if not is_key_rejection(response):
+            return
+        try:
+            fresh = await self._cache.arefresh(rejected=key)
+        except ScalingCredentialsError as exc:
+            self._refresh_failed(response, key, exc)
+            return
+        if self._after_refresh(request, response, key, fresh):
+            yield request
+
+
+def _as_cache(source: Provider | KeyCache | str | None, ttl: float | timedelta | None) -> KeyCache:
+    if isinstance(source, KeyCache):
+        if ttl is not None:
+            raise ConfigurationError(
+                "ttl applies when ScalingAuth builds the cache; pass ttl to KeyCache instead"
+            )
+        return source
+    if source is None:
+        from ._registry import provider_from_env
+
+        return KeyCache(provider_from_env(), ttl=ttl)
+    if isinstance(source, str):
+        from ._registry import provider_from_uri
+
+        return KeyCache(provider_from_uri(source), ttl=ttl)
+    if isinstance(source, Provider):
+        return KeyCache(source, ttl=ttl)
+    raise ConfigurationError(
+        f"ScalingAuth takes a Provider, a KeyCache, a source URI or None, got "
+        f"{type(source).__name__}"
+    )
