@@ -1,0 +1,7 @@
+"""Testing helpers: :class:`FakeScalingAPI`, the ``scaling_api`` pytest fixture (plugin
+``scaling_credentials.testing.pytest_plugin``) and the shared provider test suite
+(:mod:`scaling_credentials.testing.provider_suite`, which needs pytest)."""
+
+from ._fake_api import FakeScalingAPI, RecordedRequest, ScriptedResponse, free_port
+
+__all__ = ["FakeScalingAPI", "RecordedRequest", "ScriptedResponse", "free_port"]

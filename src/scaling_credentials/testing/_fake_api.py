@@ -1,0 +1,323 @@
+"""FakeScalingAPI: a real HTTP server on 127.0.0.1 that behaves like the Scaling API's
+authentication and error bodies, for tests, the demo and local development."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+from .._key import KEY_PREFIX, ApiKey, mask
+
+__all__ = ["FakeScalingAPI", "RecordedRequest", "ScriptedResponse"]
+
+_ORG_ID = "7d1f4c1e-6a55-4d9e-9a53-3f0b7a1c2e10"
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the fake received: ``key`` is masked (never the full key)."""
+
+    method: str
+    path: str
+    key: str | None
+    status: int
+    request_id: str
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class ScriptedResponse:
+    """A canned answer for the next request(s), to test odd server behaviour (HTML 401s,
+    invalid JSON, huge bodies, proxies)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _sample_schedules() -> list[dict[str, Any]]:
+    created = "2026-01-15T09:30:00Z"
+    return [
+        {
+            "id": "3b241101-e2bb-4255-8caf-4136c566a962",
+            "orgId": _ORG_ID,
+            "name": "Primary on-call",
+            "description": "Follow-the-sun rotation for production incidents",
+            "timezone": "UTC",
+            "createdBy": "c56a4180-65aa-42ec-a945-5fd21dec0538",
+            "createdAt": created,
+            "updatedAt": created,
+        },
+        {
+            "id": "9c5b94b1-35ad-49bb-b118-8e8fc24abf80",
+            "orgId": _ORG_ID,
+            "name": "Database escalation",
+            "description": "Second line for database alerts",
+            "timezone": "Europe/Berlin",
+            "createdBy": "c56a4180-65aa-42ec-a945-5fd21dec0538",
+            "createdAt": created,
+            "updatedAt": created,
+        },
+    ]
+
+
+class _Server(ThreadingHTTPServer):
+    # Far above http.server's default backlog of 5: hundreds of clients connect at once.
+    request_queue_size = 1024
+    daemon_threads = True
+    allow_reuse_address = True
+    fake: FakeScalingAPI
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    server: _Server
+    timeout = 30  # idle keep-alive connections close after this
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the request log is FakeScalingAPI.requests; never print Authorization
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        status, payload, extra = self.server.fake._respond(
+            self.command, self.path, self.headers.get("Authorization"), body
+        )
+        self.send_response(status)
+        for name, value in extra:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
+
+
+class FakeScalingAPI:
+    """A Scaling API stand-in over real sockets on 127.0.0.1 (ephemeral port, own thread).
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. ``url`` is the base
+    URL ending in ``/v1``. Keys are issued with :meth:`issue_key`, rotated with
+    :meth:`rotate` (the old key stays valid until :meth:`revoke`). Every answer carries an
+    ``X-Request-Id`` header, and every error the documented JSON body with its
+    ``requestId``. ``latency`` adds a delay (seconds) to every answer.
+    """
+
+    def __init__(self, *, keys: Iterable[str] = (), latency: float = 0.0) -> None:
+        self._lock = threading.Lock()
+        self._valid: set[str] = set()
+        self._current: str | None = None
+        for key in keys:
+            ApiKey(key)  # validate
+            self._valid.add(key)
+            self._current = key
+        self._requests: list[RecordedRequest] = []
+        self._scripted: list[ScriptedResponse] = []
+        self._schedules = _sample_schedules()
+        self.latency = latency
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle
+
+    def start(self) -> FakeScalingAPI:
+        """Start serving; returns self."""
+        if self._server is not None:
+            return self
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.fake = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+            name="fake-scaling-api",
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> FakeScalingAPI:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (after :meth:`start`)."""
+        if self._server is None:
+            raise RuntimeError("FakeScalingAPI is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The base URL, ending in ``/v1``."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- keys
+
+    def issue_key(self) -> str:
+        """Create a new valid key and return it (it becomes the current key)."""
+        key = KEY_PREFIX + secrets.token_urlsafe(24)
+        with self._lock:
+            self._valid.add(key)
+            self._current = key
+        return key
+
+    def rotate(self) -> str:
+        """Issue a new key; the old one stays valid until :meth:`revoke`."""
+        return self.issue_key()
+
+    def revoke(self, key: str | ApiKey) -> None:
+        """Revoke ``key`` at once (like deleting it in the dashboard)."""
+        value = key.reveal() if isinstance(key, ApiKey) else key
+        with self._lock:
+            self._valid.discard(value)
+            if self._current == value:
+                self._current = None
+
+    def is_valid(self, key: str | ApiKey) -> bool:
+        """Whether ``key`` is accepted now."""
+        value = key.reveal() if isinstance(key, ApiKey) else key
+        with self._lock:
+            return value in self._valid
+
+    @property
+    def current_key(self) -> str | None:
+        """The most recently issued key that is still valid."""
+        with self._lock:
+            return self._current
+
+    # -- observation and scripting
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """What the server received so far (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        """Forget the request log."""
+        with self._lock:
+            self._requests.clear()
+
+    def script(self, *responses: ScriptedResponse) -> None:
+        """Answer the next requests with these responses, in order, whatever they carry."""
+        with self._lock:
+            self._scripted.extend(responses)
+
+    # -- the API
+
+    def _respond(
+        self, method: str, target: str, authorization: str | None, body: bytes
+    ) -> tuple[int, bytes, list[tuple[str, str]]]:
+        if self.latency:
+            time.sleep(self.latency)
+        request_id = str(uuid.uuid4())
+        path = target.split("?", 1)[0]
+        key = None
+        if authorization and authorization.startswith("Bearer "):
+            key = authorization[len("Bearer ") :]
+        masked = mask(key) if key is not None else None
+        with self._lock:
+            scripted = self._scripted.pop(0) if self._scripted else None
+            valid = key is not None and key in self._valid
+        if scripted is not None:
+            status, payload = scripted.status, scripted.body
+            headers = [("Content-Type", scripted.content_type), *scripted.headers]
+        elif authorization is None:
+            status, payload = self._error(
+                401, "not_authorized_error", "missing_authorization_header", request_id
+            )
+            headers = [("Content-Type", "application/json")]
+        elif not valid:
+            status, payload = self._error(
+                401, "not_authorized_error", "invalid_api_key", request_id
+            )
+            headers = [("Content-Type", "application/json")]
+        else:
+            status, payload = self._route(method, path, body, request_id)
+            headers = [("Content-Type", "application/json")]
+        headers.append(("X-Request-Id", request_id))
+        with self._lock:
+            self._requests.append(RecordedRequest(method, path, masked, status, request_id, body))
+        return status, payload, headers
+
+    @staticmethod
+    def _error(status: int, type_: str, code: str, request_id: str) -> tuple[int, bytes]:
+        document = {"statusCode": status, "type": type_, "code": code, "requestId": request_id}
+        return status, json.dumps(document).encode()
+
+    def _route(self, method: str, path: str, body: bytes, request_id: str) -> tuple[int, bytes]:
+        path = path.rstrip("/")
+        if path == "/v1/oncall/schedules" and method in ("GET", "HEAD"):
+            with self._lock:
+                data = list(self._schedules)
+            return 200, json.dumps({"data": data}).encode()
+        if path == "/v1/oncall/schedules" and method == "POST":
+            return self._create_schedule(body, request_id)
+        if path.startswith("/v1/oncall/schedules/") and method == "GET":
+            wanted = path.rsplit("/", 1)[1]
+            with self._lock:
+                found = [s for s in self._schedules if s["id"] == wanted]
+            if found:
+                return 200, json.dumps({"data": found[0]}).encode()
+        return self._error(404, "invalid_request_error", "not_found", request_id)
+
+    def _create_schedule(self, body: bytes, request_id: str) -> tuple[int, bytes]:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict) or not isinstance(document.get("name"), str):
+            return self._error(422, "validation_error", "invalid_body", request_id)
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with self._lock:
+            if any(s["name"] == document["name"] for s in self._schedules):
+                return self._error(409, "invalid_request_error", "name_conflict", request_id)
+            schedule = {
+                "id": str(uuid.uuid4()),
+                "orgId": _ORG_ID,
+                "name": document["name"],
+                "description": str(document.get("description", "")),
+                "timezone": str(document.get("timezone", "UTC")),
+                "createdBy": "c56a4180-65aa-42ec-a945-5fd21dec0538",
+                "createdAt": now,
+                "updatedAt": now,
+            }
+            self._schedules.append(schedule)
+        return 201, json.dumps({"data": schedule}).encode()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for tests that start their own servers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,202 @@
+"""A shared test suite every provider's tests subclass (first-party and third-party).
+
+Usage::
+
+    from scaling_credentials.testing.provider_suite import ProviderTests
+
+    class TestMyProvider(ProviderTests):
+        def make_provider(self) -> Provider: ...
+        def store(self, value: str) -> None: ...   # the raw value the backend will hold
+        def remove(self) -> None: ...              # make the secret absent
+
+Use pytest fixtures (autouse) in the subclass for per-test set-up. A backend that cannot
+hold some value (an empty string, say) calls ``pytest.skip`` from :meth:`store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import traceback
+
+import pytest
+
+from .._errors import (
+    InvalidKeyFormatError,
+    ProviderError,
+    ScalingCredentialsError,
+    SecretNotFoundError,
+)
+from .._key import ApiKey
+from .._provider import Provider
+
+__all__ = ["BAD_VALUES", "ProviderTests", "assert_no_secret"]
+
+# The marker every bad value carries, so that a leak is easy to spot.
+LEAK_MARKER = "LEAKCHECK7f3a9"
+
+BAD_VALUES: dict[str, str] = {
+    "empty": "",
+    "whitespace": "  \n\t ",
+    "bearer-prefix": f"Bearer scl_live_{LEAK_MARKER}abcdef",
+    "wrong-prefix": f"sk_live_{LEAK_MARKER}abcdef",
+    "embedded-space": f"scl_live_{LEAK_MARKER} abcdef",
+    "control-char": f"scl_live_{LEAK_MARKER}\x07abcdef",
+    "one-mebibyte": f"scl_live_{LEAK_MARKER}" + "a" * (1024 * 1024),
+}
+
+
+def assert_no_secret(secret: str, *texts: str) -> None:
+    """Fail (without quoting the secret) if any text contains ``secret``."""
+    for index, text in enumerate(texts):
+        if secret in text:
+            raise AssertionError(f"text #{index} contains the secret (redacted here)")
+
+
+def _token(value: str) -> str:
+    return value.removeprefix("scl_live_")
+
+
+def good_value(tag: str = "a") -> str:
+    """A well-formed key, distinct per ``tag``."""
+    return f"scl_live_{tag}{'0123456789abcdefghij'}{tag}"
+
+
+class ProviderTests:
+    """Behaviour every provider must have. Subclasses implement the three hooks."""
+
+    #: Set False for a provider whose backend caches on its own (its new values show up
+    #: only after ``on_rejected``).
+    reads_fresh_each_fetch: bool = True
+
+    def make_provider(self) -> Provider:
+        raise NotImplementedError
+
+    def store(self, value: str) -> None:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        raise NotImplementedError
+
+    # -- helpers
+
+    def _fetch_after_store(self, provider: Provider, value: str) -> ApiKey:
+        self.store(value)
+        if not self.reads_fresh_each_fetch:
+            provider.on_rejected(provider.fetch())
+        return provider.fetch()
+
+    # -- the suite
+
+    def test_fetch_returns_the_stored_key(self) -> None:
+        value = good_value("first")
+        self.store(value)
+        key = self.make_provider().fetch()
+        assert isinstance(key, ApiKey)
+        assert key.reveal() == value
+        assert key.source
+
+    def test_surrounding_whitespace_is_stripped(self) -> None:
+        value = good_value("ws")
+        self.store(f"  {value}\n")
+        assert self.make_provider().fetch().reveal() == value
+
+    def test_fetch_sees_a_new_value(self) -> None:
+        provider = self.make_provider()
+        self.store(good_value("old"))
+        assert provider.fetch().reveal() == good_value("old")
+        assert self._fetch_after_store(provider, good_value("new")).reveal() == good_value("new")
+
+    def test_missing_secret_raises_secret_not_found(self) -> None:
+        self.remove()
+        provider = self.make_provider()
+        with pytest.raises(SecretNotFoundError) as info:
+            provider.fetch()
+        assert isinstance(info.value, ProviderError)
+        assert str(info.value)
+
+    @pytest.mark.parametrize("case", sorted(BAD_VALUES))
+    def test_bad_value_gives_a_typed_error_without_the_value(self, case: str) -> None:
+        value = BAD_VALUES[case]
+        self.store(value)
+        provider = self.make_provider()
+        with pytest.raises(ScalingCredentialsError) as info:
+            provider.fetch()
+        error = info.value
+        assert isinstance(error, (InvalidKeyFormatError, ProviderError)), type(error).__name__
+        rendered = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        assert_no_secret(LEAK_MARKER, str(error), repr(error), rendered)
+
+    def test_describe_and_repr_hold_no_secret(self) -> None:
+        value = good_value("desc")
+        self.store(value)
+        provider = self.make_provider()
+        key = provider.fetch()
+        assert_no_secret(_token(value), provider.describe(), repr(provider), str(key), repr(key))
+
+    def test_afetch_matches_fetch(self) -> None:
+        value = good_value("async")
+        self.store(value)
+        provider = self.make_provider()
+        assert asyncio.run(provider.afetch()).reveal() == value
+
+    def test_afetch_does_not_block_the_event_loop(self) -> None:
+        self.store(good_value("loop"))
+        provider = self.make_provider()
+
+        async def scenario() -> tuple[ApiKey, int]:
+            ticks = 0
+            stop = asyncio.Event()
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while not stop.is_set():
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            task = asyncio.create_task(ticker())
+            try:
+                key = await asyncio.wait_for(provider.afetch(), timeout=30)
+            finally:
+                stop.set()
+                await task
+            return key, ticks
+
+        key, ticks = asyncio.run(scenario())
+        assert key.reveal() == good_value("loop")
+        assert ticks >= 1
+
+    def test_concurrent_fetches_from_threads(self) -> None:
+        value = good_value("threads")
+        self.store(value)
+        provider = self.make_provider()
+        results: list[str] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def worker() -> None:
+            try:
+                got = provider.fetch().reveal()
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+                return
+            with lock:
+                results.append(got)
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not any(t.is_alive() for t in threads)
+        assert not errors, [type(e).__name__ for e in errors]
+        assert results == [value] * 8
+
+    def test_on_rejected_is_safe_and_next_fetch_works(self) -> None:
+        self.store(good_value("rej"))
+        provider = self.make_provider()
+        key = provider.fetch()
+        provider.on_rejected(key)
+        self.store(good_value("after"))
+        assert provider.fetch().reveal() == good_value("after")
