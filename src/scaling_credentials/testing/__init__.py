@@ -3,5 +3,13 @@
 (:mod:`scaling_credentials.testing.provider_suite`, which needs pytest)."""
 
 from ._fake_api import FakeScalingAPI, RecordedRequest, ScriptedResponse, free_port
+from ._helpers import FakeClock, MemoryProvider
 
-__all__ = ["FakeScalingAPI", "RecordedRequest", "ScriptedResponse", "free_port"]
+__all__ = [
+    "FakeClock",
+    "FakeScalingAPI",
+    "MemoryProvider",
+    "RecordedRequest",
+    "ScriptedResponse",
+    "free_port",
+]
