@@ -1,0 +1,291 @@
+"""SecretsManagerProvider: the key from AWS Secrets Manager's GetSecretValue (boto3).
+
+boto3 is imported, and the client created, on the first fetch: importing this module
+costs nothing more than scaling_credentials itself. The client is created once per
+process (under a lock) and shared by every thread; after ``os.fork()`` the child builds
+its own, so no connection is ever shared with the parent.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from scaling_credentials import (
+    ApiKey,
+    ConfigurationError,
+    Provider,
+    ProviderError,
+    SourceURI,
+)
+
+from ._aws_errors import error_for_code, short
+from ._values import key_from_secret
+
+if TYPE_CHECKING:
+    import boto3
+
+__all__ = ["DEFAULT_STAGE", "SecretsManagerProvider"]
+
+DEFAULT_STAGE = "AWSCURRENT"
+USER_AGENT_EXTRA = "scaling-credentials-aws/0.1.0"
+
+
+def _region_from_arn(secret_id: str) -> str | None:
+    # arn:<partition>:secretsmanager:<region>:<account>:secret:<name>
+    parts = secret_id.split(":", 6)
+    if len(parts) == 7 and parts[0] == "arn" and parts[2] == "secretsmanager" and parts[3]:
+        return parts[3]
+    return None
+
+
+def _check_text(value: object, name: str, *, allow_none: bool = True) -> str | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{name} must be a non-empty str, got {value!r}")
+    if "scl_live_" in value:
+        # A key pasted where its *name* belongs: say so without repeating it.
+        raise ConfigurationError(
+            f"{name} looks like an API key; pass the secret's name or ARN, never the key"
+        )
+    return value.strip()
+
+
+class SecretsManagerProvider(Provider):
+    """Reads the key with ``GetSecretValue`` from AWS Secrets Manager at every fetch.
+
+    * ``secret_id``: the secret's name or ARN (an ARN also gives the region).
+    * ``field``: read this field of a JSON ``SecretString`` (``{"api_key": "scl_live_..."}``).
+    * ``version_stage`` (default ``AWSCURRENT``) or ``version_id``: which version. Each
+      fetch asks for the stage afresh, so after a rotation the next fetch gets the new
+      ``AWSCURRENT``; the key's ``version`` is the ``VersionId`` read.
+    * ``region_name``, ``endpoint_url``, ``session`` (a ``boto3.session.Session``): how to
+      build the client; by default boto3's credential chain and region (environment,
+      shared config, ECS/EKS container credentials, IRSA, Pod Identity, Lambda role).
+    * ``client``: a ready ``secretsmanager`` client to use instead (it is never rebuilt,
+      not even after ``fork``).
+    * ``connect_timeout`` / ``read_timeout`` (seconds) and ``max_attempts`` (botocore's
+      "standard" retry mode, counting the first try) bound one fetch to roughly
+      ``max_attempts * (connect_timeout + read_timeout)`` plus backoff (< 1 s, then < 2 s).
+
+    ``SecretString`` is used as is, ``SecretBinary`` is decoded as UTF-8. Errors:
+    :class:`SecretNotFoundError` for a missing or deleted secret (or version);
+    :class:`ProviderError` with a hint for access, KMS, credential, region, throttling
+    and network problems; :class:`InvalidKeyFormatError` for a value that is no key.
+    """
+
+    def __init__(
+        self,
+        secret_id: str,
+        *,
+        field: str | None = None,
+        version_stage: str | None = DEFAULT_STAGE,
+        version_id: str | None = None,
+        region_name: str | None = None,
+        client: Any = None,
+        session: boto3.session.Session | None = None,
+        endpoint_url: str | None = None,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 5.0,
+        max_attempts: int = 3,
+    ) -> None:
+        self.secret_id = _check_text(secret_id, "secret_id", allow_none=False) or ""
+        if field is not None and (not isinstance(field, str) or not field):
+            raise ConfigurationError(f"field must be a non-empty str, got {field!r}")
+        self.field = field
+        self.version_stage = _check_text(version_stage, "version_stage")
+        self.version_id = _check_text(version_id, "version_id")
+        self.region_name = _check_text(region_name, "region_name")
+        self.endpoint_url = _check_text(endpoint_url, "endpoint_url")
+        if client is not None and (session is not None or region_name or endpoint_url):
+            raise ConfigurationError(
+                "pass either client, or session/region_name/endpoint_url to build one, not both"
+            )
+        for name, seconds in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        self.connect_timeout = float(connect_timeout)
+        self.read_timeout = float(read_timeout)
+        self.max_attempts = max_attempts
+        self._session = session
+        self._given_client = client
+        self._client: Any = None
+        self._client_pid: int | None = None
+        self._lock = threading.Lock()
+        _providers.add(self)
+
+    @classmethod
+    def from_uri(cls, uri: SourceURI) -> SecretsManagerProvider:
+        """``aws-sm:SECRET_ID[?field=F&region=R&stage=S&version_id=V]``."""
+        uri.check_params(("field", "region", "stage", "version_id"))
+        params = uri.params
+        return cls(
+            uri.require_path("a secret name or ARN"),
+            field=params.get("field") or None,
+            version_stage=params.get("stage") or DEFAULT_STAGE,
+            version_id=params.get("version_id") or None,
+            region_name=params.get("region") or None,
+        )
+
+    def describe(self) -> str:
+        params: list[tuple[str, str]] = []
+        if self.field:
+            params.append(("field", self.field))
+        if self.region_name:
+            params.append(("region", self.region_name))
+        if self.version_stage and self.version_stage != DEFAULT_STAGE:
+            params.append(("stage", self.version_stage))
+        if self.version_id:
+            params.append(("version_id", self.version_id))
+        query = "&".join(f"{k}={quote(v, safe='/:')}" for k, v in params)
+        return f"aws-sm:{self.secret_id}" + (f"?{query}" if query else "")
+
+    # ------------------------------------------------------------------ fetching
+
+    def request_params(self) -> dict[str, str]:
+        """The GetSecretValue parameters this provider sends."""
+        params = {"SecretId": self.secret_id}
+        if self.version_id:
+            params["VersionId"] = self.version_id
+            # The default stage is implied; an explicit other stage must match the id.
+            if self.version_stage and self.version_stage != DEFAULT_STAGE:
+                params["VersionStage"] = self.version_stage
+        elif self.version_stage:
+            params["VersionStage"] = self.version_stage
+        return params
+
+    def fetch(self) -> ApiKey:
+        client = self._get_client()
+        try:
+            response = client.get_secret_value(**self.request_params())
+        except Exception as exc:
+            raise self._error(exc) from exc
+        return key_from_secret(
+            response.get("SecretString"),
+            response.get("SecretBinary"),
+            field=self.field,
+            source=self.describe(),
+            version=response.get("VersionId"),
+        )
+
+    def _get_client(self) -> Any:
+        if self._given_client is not None:
+            return self._given_client
+        client, pid = self._client, os.getpid()
+        if client is not None and self._client_pid == pid:
+            return client
+        with self._lock:
+            if self._client is None or self._client_pid != pid:
+                self._client = self._make_client()
+                self._client_pid = pid
+            return self._client
+
+    def _make_client(self) -> Any:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as exc:
+            raise ConfigurationError(
+                "SecretsManagerProvider needs boto3: pip install 'scaling-credentials[aws]'"
+            ) from exc
+        config = Config(
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            user_agent_extra=USER_AGENT_EXTRA,
+        )
+        try:
+            # A session of our own: boto3's default session is not safe to set up from
+            # several threads at once.
+            session = self._session if self._session is not None else boto3.session.Session()
+            return session.client(
+                "secretsmanager",
+                region_name=self.region_name or _region_from_arn(self.secret_id),
+                endpoint_url=self.endpoint_url,
+                config=config,
+            )
+        except Exception as exc:
+            raise self._error(exc) from exc
+
+    # ------------------------------------------------------------------ errors
+
+    def _error(self, exc: BaseException) -> Exception:
+        desc = self.describe()
+        try:
+            from botocore import exceptions as bce
+        except ImportError:  # pragma: no cover - a given client without botocore
+            bce = None
+        if bce is None or not isinstance(exc, (bce.BotoCoreError, bce.ClientError)):
+            return ProviderError(
+                f"{desc}: GetSecretValue failed with {type(exc).__name__}", provider=desc
+            )
+        if isinstance(exc, bce.ClientError):
+            error = exc.response.get("Error", {})
+            retries = exc.response.get("ResponseMetadata", {}).get("RetryAttempts")
+            return error_for_code(
+                str(error.get("Code") or "UnknownError"),
+                str(error.get("Message") or ""),
+                provider=desc,
+                secret_id=self.secret_id,
+                attempts=retries + 1 if isinstance(retries, int) else None,
+            )
+        if isinstance(exc, bce.NoRegionError):
+            return ProviderError(
+                f"{desc}: no AWS region is configured; pass region_name=..., add ?region=... "
+                "to the aws-sm: URI, set AWS_REGION (or AWS_DEFAULT_REGION), or use the "
+                "secret's full ARN",
+                provider=desc,
+            )
+        if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
+            return ProviderError(
+                f"{desc}: no AWS credentials found; boto3 looks in the environment "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), AWS_PROFILE and ~/.aws, container "
+                "credentials (ECS, EKS Pod Identity), web identity (EKS IRSA: "
+                "AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE) and the instance or Lambda role",
+                provider=desc,
+            )
+        if isinstance(exc, bce.CredentialRetrievalError):
+            return ProviderError(
+                f"{desc}: AWS credentials could not be obtained ({short(str(exc))}); check the "
+                "role, the web identity token file or the credential process",
+                provider=desc,
+            )
+        if isinstance(exc, bce.ParamValidationError):
+            return ConfigurationError(f"{desc}: invalid GetSecretValue parameters: {exc}")
+        if isinstance(exc, (bce.ConnectTimeoutError, bce.ReadTimeoutError)):
+            return ProviderError(
+                f"{desc}: Secrets Manager did not answer in time after {self.max_attempts} "
+                f"attempt(s) ({short(str(exc))}); check network access to the endpoint (VPC "
+                "endpoint or NAT for private subnets)",
+                provider=desc,
+            )
+        if isinstance(exc, (bce.EndpointConnectionError, bce.ConnectionError)):
+            return ProviderError(
+                f"{desc}: cannot reach Secrets Manager after {self.max_attempts} attempt(s) "
+                f"({short(str(exc))}); check the region, endpoint_url and network access "
+                "(VPC endpoint com.amazonaws.<region>.secretsmanager or a NAT gateway)",
+                provider=desc,
+            )
+        return ProviderError(f"{desc}: GetSecretValue failed: {short(str(exc))}", provider=desc)
+
+
+_providers: weakref.WeakSet[SecretsManagerProvider] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The child must not reuse the parent's connections, and a lock held by a parent
+    # thread at fork time would stay held forever in the child.
+    for provider in list(_providers):
+        provider._lock = threading.Lock()
+        provider._client = None
+        provider._client_pid = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
