@@ -20,6 +20,7 @@ __all__ = ["MAX_FILE_SIZE", "FileProvider", "key_from_json"]
 logger = logging.getLogger("scaling_credentials.file")
 
 MAX_FILE_SIZE = 64 * 1024
+_OPEN_ATTEMPTS = 3
 
 
 def key_from_json(text: str, field: str, *, source: str) -> str:
@@ -116,10 +117,19 @@ class FileProvider(Provider):
             raise InvalidKeyFormatError(f"{self.describe()}: {exc}") from None
 
     def _read(self) -> bytes:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError as exc:
-            raise self._error(exc) from exc
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+        for attempt in range(_OPEN_ATTEMPTS):
+            try:
+                fd = os.open(self.path, flags)
+                break
+            except FileNotFoundError as exc:
+                # The kubelet swaps ..data, then deletes the old timestamped directory: a
+                # lookup that resolved ..data just before the swap finds its file gone while
+                # the new one is already in place. Look again (bounded).
+                if attempt + 1 == _OPEN_ATTEMPTS:
+                    raise self._error(exc) from exc
+            except OSError as exc:
+                raise self._error(exc) from exc
         try:
             info = os.fstat(fd)
             if stat.S_ISDIR(info.st_mode):
