@@ -1,0 +1,726 @@
+"""The ``scaling-credentials`` command: which key does this workload use, and does it work?
+
+Subcommands::
+
+    resolve    [--source URI] [--json] [--reveal] [--timeout S]
+    check      [--source URI] [--base-url URL] [--timeout S] [--quiet] [--json]
+    providers  [--json]
+    demo       [--duration S] [--threads N] [--tasks N] [--rotations N] [--source URI] [--json]
+
+Exit codes: 0 success; 1 the key does not work or the backend failed (401, unreachable,
+timeout); 2 configuration error (bad source URI, nothing configured, no key or a malformed
+key in the source, bad option). Keys are always printed masked, except by
+``resolve --reveal``. Errors are one line on stderr; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import httpx
+
+from ._errors import (
+    ConfigurationError,
+    InvalidKeyFormatError,
+    ScalingCredentialsError,
+    SecretNotFoundError,
+)
+from ._key import ApiKey
+from ._provider import Provider
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._cache import KeyCache
+
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "build_parser", "main"]
+
+PROG = "scaling-credentials"
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+DEFAULT_TIMEOUT = 10.0
+CHECK_PATH = "/oncall/schedules"
+
+_T = TypeVar("_T")
+
+
+class CLIError(Exception):
+    """An error the command reports as one line and an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def exit_code_for(error: BaseException) -> int:
+    """2 for configuration problems (bad URI, nothing configured, no key or a malformed
+    key in the source), 1 for everything else (a backend that failed or timed out)."""
+    if isinstance(error, CLIError):
+        return error.exit_code
+    if isinstance(error, (ConfigurationError, InvalidKeyFormatError, SecretNotFoundError)):
+        return EXIT_CONFIG
+    return EXIT_FAILED
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# --------------------------------------------------------------------------- output
+
+
+class _Out:
+    """Where the command writes: stdout for results, stderr for errors and logs."""
+
+    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+
+    def line(self, text: str = "") -> None:
+        if not self.quiet and not self.json_mode:
+            print(text, file=sys.stdout, flush=True)
+
+    def document(self, data: dict[str, Any]) -> None:
+        if self.json_mode:
+            print(json.dumps(data, indent=2), file=sys.stdout, flush=True)
+
+    @staticmethod
+    def error(text: str) -> None:
+        print(f"{PROG}: error: {_one_line(text)}", file=sys.stderr, flush=True)
+
+
+class _LogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info and record.levelno >= logging.ERROR:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _configure_logging(level: int) -> Callable[[], None]:
+    """Send the library's log records (masked keys only) to stderr; returns an undo."""
+    logger = logging.getLogger("scaling_credentials")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter())
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+    def undo() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+    return undo
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    provider: Provider
+    chosen_by: str
+    key: ApiKey
+    fetch_seconds: float
+
+
+def _select_provider(source: str | None) -> tuple[Provider, str]:
+    """The provider and what chose it: ``--source`` or the environment variable."""
+    from ._registry import provider_from_env, provider_from_uri
+
+    if source is not None:
+        return provider_from_uri(source), "--source"
+    env = os.environ
+    if env.get("SCALING_API_KEY_SOURCE", "").strip():
+        chosen = "SCALING_API_KEY_SOURCE"
+    elif env.get("SCALING_API_KEY") is not None:
+        chosen = "SCALING_API_KEY"
+    else:
+        chosen = "SCALING_API_KEY_FILE"
+    try:
+        return provider_from_env(), chosen
+    except ConfigurationError as exc:
+        if chosen == "SCALING_API_KEY_FILE":  # nothing is configured at all
+            raise ConfigurationError(f"{exc}; or pass --source URI") from exc
+        raise
+
+
+def _hint(error: BaseException) -> str:
+    """The error's message, with what to do on the command line where that helps."""
+    message = _one_line(str(error)) or type(error).__name__
+    if isinstance(error, SecretNotFoundError):
+        message += (
+            "; put the key there, or point at another source with --source URI "
+            "(or SCALING_API_KEY_SOURCE)"
+        )
+    elif isinstance(error, ConfigurationError) and "allowed_hosts" in message:
+        message += " (on the command line: --allow-host HOST)"
+    return message
+
+
+def _run_bounded(work: Callable[[], _T], timeout: float) -> tuple[bool, _T | None]:
+    """Run ``work`` in a daemon thread for at most ``timeout`` seconds: ``(True, result)``,
+    or ``(False, None)`` when it did not finish (the thread is abandoned: the process is
+    about to exit). Its exception, if any, is raised here."""
+    box: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            box.append((True, work()))
+        except BaseException as exc:
+            box.append((False, exc))
+
+    thread = threading.Thread(target=target, name="scaling-credentials-cli", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not box:
+        return False, None
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return True, value
+
+
+def _resolve(source: str | None, timeout: float) -> tuple[_Resolved, KeyCache]:
+    """Choose the provider and fetch the key through a KeyCache bounded by ``timeout``;
+    returns the result and the cache (to send requests with the same key)."""
+    from ._cache import KeyCache
+
+    provider, chosen = _select_provider(source)
+    # Failures surface at once (no stale serving, no backoff games): this is a probe.
+    cache = KeyCache(provider, ttl=300.0, fetch_timeout=timeout, max_stale=0.0)
+    started = time.perf_counter()
+    key = cache.get()
+    return _Resolved(provider, chosen, key, time.perf_counter() - started), cache
+
+
+def _resolved_json(resolved: _Resolved) -> dict[str, Any]:
+    return {
+        "source": resolved.provider.describe(),
+        "chosen_by": resolved.chosen_by,
+        "key": resolved.key.masked,
+        "version": resolved.key.version,
+        "fetch_ms": round(resolved.fetch_seconds * 1000, 3),
+    }
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def _cmd_resolve(args: argparse.Namespace, out: _Out) -> int:
+    timeout: float = args.timeout
+    finished, result = _run_bounded(lambda: _resolve(args.source, timeout), timeout + 1.0)
+    if not finished or result is None:
+        raise CLIError(
+            f"fetching the key did not finish within {timeout:g} s (--timeout); the backend "
+            "may be slow or unreachable",
+            EXIT_FAILED,
+        )
+    resolved, _cache = result
+    key = resolved.key
+    if args.reveal:
+        print(
+            f"{PROG}: warning: --reveal prints the full key to stdout; do not paste it "
+            "into tickets, logs or chats",
+            file=sys.stderr,
+            flush=True,
+        )
+    document = {"ok": True, **_resolved_json(resolved)}
+    if args.reveal:
+        document["value"] = key.reveal()
+    out.document(document)
+    out.line(f"source    {resolved.provider.describe()}  (chosen by {resolved.chosen_by})")
+    out.line(f"key       {key.reveal() if args.reveal else key.masked}")
+    out.line(f"version   {key.version or '-'}")
+    out.line(f"fetched   in {_ms(resolved.fetch_seconds)}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- check
+
+
+def _base_url(text: str) -> httpx.URL:
+    try:
+        url = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise CLIError(
+            "--base-url must be an http(s) URL such as https://api.scaling.cloud/v1, "
+            f"got {text[:80]!r}"
+        )
+    if url.userinfo:
+        raise CLIError("--base-url must not hold credentials (user:password@); remove them")
+    return url
+
+
+@dataclass
+class _CheckState:
+    phase: str = "resolve"
+    resolved: _Resolved | None = None
+    response: httpx.Response | None = None
+    error: BaseException | None = None
+    request_seconds: float = 0.0
+
+
+def _do_check(args: argparse.Namespace, base_url: httpx.URL, state: _CheckState) -> None:
+    from ._api import scaling_client
+
+    timeout: float = args.timeout
+    deadline = time.monotonic() + timeout
+    state.resolved, cache = _resolve(args.source, timeout)
+    state.phase = "request"
+    remaining = max(0.1, deadline - time.monotonic())
+    with scaling_client(
+        cache,
+        base_url=str(base_url),
+        allowed_hosts=args.allow_host or None,
+        timeout=httpx.Timeout(remaining),
+        follow_redirects=False,
+    ) as client:
+        started = time.perf_counter()
+        try:
+            state.response = client.get(CHECK_PATH)
+        except httpx.HTTPError as exc:
+            state.error = exc
+        finally:
+            state.request_seconds = time.perf_counter() - started
+    state.phase = "done"
+
+
+def _cmd_check(args: argparse.Namespace, out: _Out) -> int:
+    from ._api import parse_error_body
+
+    base_url = _base_url(args.base_url)
+    url = str(base_url).rstrip("/") + CHECK_PATH
+    timeout: float = args.timeout
+    state = _CheckState()
+    finished, _ = _run_bounded(lambda: _do_check(args, base_url, state), timeout + 0.5)
+    if not finished and state.phase == "resolve":
+        raise CLIError(
+            f"fetching the key did not finish within {timeout:g} s (--timeout); the backend "
+            "may be slow or unreachable",
+            EXIT_FAILED,
+        )
+    resolved = state.resolved
+    assert resolved is not None
+    response = state.response
+    document: dict[str, Any] = {
+        **_resolved_json(resolved),
+        "url": url,
+        "status": None,
+        "type": None,
+        "code": None,
+        "request_id": None,
+        "retried": False,
+        "request_ms": round(state.request_seconds * 1000, 3),
+    }
+    if response is None:
+        exc = state.error
+        if not finished or isinstance(exc, httpx.TimeoutException):
+            problem = f"no answer from {url} within {timeout:g} s (--timeout)"
+            what = "timeout"
+        else:
+            detail = _one_line(str(exc)) if exc is not None else ""
+            problem = f"cannot reach {url}: {type(exc).__name__}" + (
+                f" ({detail})" if detail else ""
+            )
+            what = "unreachable"
+        verdict = f"FAILED: {problem}; check the network path and --base-url"
+        code = EXIT_FAILED
+        document.update(ok=False, error=what)
+    else:
+        body = parse_error_body(response.content)
+        request_id = body.request_id or response.headers.get("x-request-id")
+        document.update(
+            status=response.status_code,
+            type=body.type,
+            code=body.code,
+            request_id=request_id,
+            retried=bool(response.history),
+        )
+        rid = f"requestId {request_id or 'none'}"
+        if response.is_success:
+            extra = ", after refreshing a rejected key" if response.history else ""
+            verdict = f"OK: the key works (GET {url} answered {response.status_code}, {rid}{extra})"
+            code = EXIT_OK
+            document.update(ok=True, error=None)
+        else:
+            reason = "/".join(p for p in (body.type, body.code) if p) or "no error code"
+            verdict = f"FAILED: GET {url} answered {response.status_code} {reason} ({rid})"
+            if response.status_code == 401:
+                verdict += (
+                    ": the key is invalid, expired or revoked; put a valid key in the source"
+                    if body.code == "invalid_api_key"
+                    else ": the API did not accept the Authorization header"
+                )
+                code = EXIT_FAILED
+            elif response.status_code == 404:
+                verdict += ": the path does not exist; check --base-url (it ends in /v1)"
+                code = EXIT_CONFIG
+            else:
+                verdict += ": the API could not answer; the key may be fine, try again"
+                code = EXIT_FAILED
+            document.update(ok=False, error=body.code or f"http_{response.status_code}")
+    document["exit_code"] = code
+    out.document({"ok": document.pop("ok"), **document})
+    if out.quiet:
+        if code != EXIT_OK:
+            print(f"{PROG}: {verdict}", file=sys.stderr, flush=True)
+        return code
+    out.line(verdict)
+    out.line(f"  source   {resolved.provider.describe()}  (chosen by {resolved.chosen_by})")
+    out.line(f"  key      {resolved.key.masked}  (version {resolved.key.version or '-'})")
+    out.line(f"  timing   key {_ms(resolved.fetch_seconds)}, request {_ms(state.request_seconds)}")
+    return code
+
+
+# --------------------------------------------------------------------------- providers
+
+
+def _cmd_providers(args: argparse.Namespace, out: _Out) -> int:
+    from ._registry import FIRST_PARTY_SCHEMES, installed_schemes
+
+    installed = installed_schemes()
+    names = {scheme.scheme for scheme in installed}
+    missing = [
+        {"scheme": scheme, "distribution": dist, "install": f"pip install '{extra}'"}
+        for scheme, (dist, extra) in sorted(FIRST_PARTY_SCHEMES.items())
+        if scheme not in names
+    ]
+    out.document(
+        {
+            "installed": [
+                {
+                    "scheme": s.scheme,
+                    "distribution": s.distribution,
+                    "version": s.version,
+                    "entry_point": s.value,
+                }
+                for s in installed
+            ],
+            "missing": missing,
+        }
+    )
+    rows = [("scheme", "distribution", "version")] + [
+        (s.scheme, s.distribution or "?", s.version or "?") for s in installed
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        out.line("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    out.line()
+    if missing:
+        out.line("Not installed (first-party):")
+        for item in missing:
+            out.line(f"  {item['scheme']:<22}{item['install']}")
+    else:
+        out.line("All first-party schemes are installed.")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _cmd_demo(args: argparse.Namespace, out: _Out) -> int:
+    from ._demo import DemoOptions, format_summary, run_demo
+
+    options = DemoOptions(
+        duration=args.duration,
+        threads=args.threads,
+        tasks=args.tasks,
+        rotations=args.rotations,
+        source=args.source,
+    )
+    if args.source is not None and args.rotations_given:
+        print(
+            f"{PROG}: note: --rotations is ignored with --source (the demo cannot rotate a "
+            "real backend)",
+            file=sys.stderr,
+            flush=True,
+        )
+    report = run_demo(options, progress_stream=None if args.no_progress else sys.stderr)
+    out.document(report.as_json())
+    out.line()
+    out.line(format_summary(report))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+class _RotationsAction(argparse.Action):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.rotations_given = True
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
+
+
+SOURCE_HELP = (
+    "where the key comes from, as a source URI (env:NAME, file:/path[?field=F], "
+    "aws-sm:SECRET_ID[?field=F&region=R], aws-lambda-extension:SECRET_ID, "
+    "vault:PATH[?mount=M&field=F]); default: SCALING_API_KEY_SOURCE, else "
+    "SCALING_API_KEY, else SCALING_API_KEY_FILE"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``scaling-credentials`` command."""
+    common = _Parser(add_help=False)
+    # SUPPRESS: given after the subcommand, it must not reset the value given before it.
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print tracebacks with errors, and the library's info logs",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the library's info logs (masked keys only) to stderr",
+    )
+    parser = _Parser(
+        prog=PROG,
+        description="Which Scaling API key does this workload use, and does it work?",
+        epilog=(
+            "exit codes: 0 ok; 1 the key does not work or the backend failed; "
+            "2 configuration error. Keys are printed masked (resolve --reveal excepted)."
+        ),
+        parents=[common],
+    )
+    parser.set_defaults(debug=False, verbose=False, json=False, quiet=False)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    resolve = sub.add_parser(
+        "resolve",
+        parents=[common],
+        help="fetch the key: its source, masked form, version and fetch time",
+        description=(
+            "Fetch the key from its source and show where it came from, its masked form, "
+            "its version and how long the fetch took. The full key is never printed, "
+            "unless --reveal is given."
+        ),
+    )
+    resolve.add_argument("--source", metavar="URI", help=SOURCE_HELP)
+    resolve.add_argument("--json", action="store_true", help="print one JSON document")
+    resolve.add_argument(
+        "--reveal",
+        action="store_true",
+        help="print the full key to stdout (and as 'value' with --json); never the default",
+    )
+    resolve.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"give up after this many seconds (default {DEFAULT_TIMEOUT:g})",
+    )
+    resolve.set_defaults(handler=_cmd_resolve)
+
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        help="resolve the key, then GET /oncall/schedules with it",
+        description=(
+            "Resolve the key, then send GET /oncall/schedules with it through ScalingAuth "
+            "and print OK or the API's error code and requestId. Exit 0 when the key works, "
+            "1 when it does not (401, unreachable, timeout), 2 on a configuration error. "
+            "Fit for a Kubernetes readiness probe or init container."
+        ),
+    )
+    check.add_argument("--source", metavar="URI", help=SOURCE_HELP)
+    check.add_argument(
+        "--base-url",
+        default="https://api.scaling.cloud/v1",
+        metavar="URL",
+        help="the API's base URL (default https://api.scaling.cloud/v1)",
+    )
+    check.add_argument(
+        "--allow-host",
+        action="append",
+        metavar="HOST",
+        help="another host that may receive the key over https (repeatable)",
+    )
+    check.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"the whole check takes at most this many seconds (default {DEFAULT_TIMEOUT:g})",
+    )
+    check.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print nothing on success; one line on stderr on failure",
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+    check.set_defaults(handler=_cmd_check)
+
+    providers = sub.add_parser(
+        "providers",
+        parents=[common],
+        help="list the installed key source schemes",
+        description=(
+            "List the installed provider schemes (entry points, not imported), their "
+            "distributions and versions, and what to install for missing first-party ones."
+        ),
+    )
+    providers.add_argument("--json", action="store_true", help="print one JSON document")
+    providers.set_defaults(handler=_cmd_providers)
+
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="a key rotation under load against a local fake API (no cloud account)",
+        description=(
+            "Start a fake Scaling API and a key file laid out like a Kubernetes secret "
+            "volume, send requests from threads and asyncio tasks through ScalingAuth while "
+            "the key is rotated and the old one revoked, then run the same load with a key "
+            "read once, for contrast. Exit 0 only when no request failed with the library. "
+            "With --source, the fake API accepts the key that source holds and the load "
+            "runs once, without rotation."
+        ),
+    )
+    demo.add_argument(
+        "--duration",
+        type=_positive_seconds,
+        default=4.0,
+        metavar="S",
+        help="seconds of load per run (two runs; default 4)",
+    )
+    demo.add_argument(
+        "--threads", type=_count, default=4, metavar="N", help="threads (httpx.Client), default 4"
+    )
+    demo.add_argument(
+        "--tasks",
+        type=_count,
+        default=8,
+        metavar="N",
+        help="asyncio tasks (one httpx.AsyncClient), default 8",
+    )
+    demo.add_argument(
+        "--rotations",
+        type=_count,
+        default=4,
+        metavar="N",
+        action=_RotationsAction,
+        help="key rotations per run, evenly spread (default 4)",
+    )
+    demo.add_argument(
+        "--source",
+        metavar="URI",
+        help="use this real key source instead of the demo's key file (no rotation)",
+    )
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    demo.set_defaults(handler=_cmd_demo, rotations_given=False)
+    return parser
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        status = exc.code
+        return status if isinstance(status, int) else (EXIT_OK if status is None else EXIT_CONFIG)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    out = _Out(json_mode=args.json, quiet=args.quiet)
+    level = logging.WARNING
+    if args.debug or args.verbose:
+        level = logging.INFO
+    elif args.quiet:
+        level = logging.ERROR
+    undo_logging = _configure_logging(level)
+    try:
+        code: int = args.handler(args, out)
+        return code
+    except KeyboardInterrupt:
+        _Out.error("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (| head): nothing left to tell it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    except (CLIError, ScalingCredentialsError) as exc:
+        return _report(exc, args, out, exit_code_for(exc), _hint(exc))
+    except Exception as exc:
+        message = (
+            f"unexpected {type(exc).__name__}; run again with --debug for the traceback "
+            "and report it"
+        )
+        return _report(exc, args, out, EXIT_FAILED, message)
+    finally:
+        undo_logging()
+
+
+def _report(exc: BaseException, args: argparse.Namespace, out: _Out, code: int, text: str) -> int:
+    if args.debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    _Out.error(text)
+    out.document(
+        {
+            "ok": False,
+            "exit_code": code,
+            "error": {"type": type(exc).__name__, "message": _one_line(text)},
+        }
+    )
+    return code
