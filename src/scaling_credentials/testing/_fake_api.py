@@ -3,16 +3,16 @@ authentication and error bodies, for tests, the demo and local development."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
@@ -72,37 +72,123 @@ def _sample_schedules() -> list[dict[str, Any]]:
     ]
 
 
-class _Server(ThreadingHTTPServer):
-    # Far above http.server's default backlog of 5: hundreds of clients connect at once.
-    request_queue_size = 1024
-    daemon_threads = True
-    allow_reuse_address = True
-    fake: FakeScalingAPI
+class _HTTPServer:
+    """A small HTTP/1.1 server on one asyncio loop in its own thread.
 
+    One loop rather than a thread per connection: hundreds of concurrent keep-alive
+    clients in the same process would otherwise fight over the GIL with the client
+    under test. The listen backlog is far above http.server's default of 5.
+    """
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive
-    server: _Server
-    timeout = 30  # idle keep-alive connections close after this
+    def __init__(self, fake: FakeScalingAPI) -> None:
+        self._fake = fake
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+        self._thread = threading.Thread(target=self._run, name="fake-scaling-api", daemon=True)
+        self._ready = threading.Event()
+        self.port = 0
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # the request log is FakeScalingAPI.requests; never print Authorization
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(10) or self._server is None:
+            raise RuntimeError("FakeScalingAPI did not start")
 
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
-        status, payload, extra = self.server.fake._respond(
-            self.command, self.path, self.headers.get("Authorization"), body
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._client, "127.0.0.1", 0, backlog=1024)
+            )
+            self.port = int(self._server.sockets[0].getsockname()[1])
+        finally:
+            self._ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for task in list(self._clients):
+                task.cancel()
+            await asyncio.gather(*self._clients, return_exceptions=True)
+            self._loop.stop()
+
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
+        self._thread.join(timeout=10)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while await self._exchange(reader, writer):
+                pass
+        except asyncio.CancelledError:
+            pass  # shutting down: end quietly
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            asyncio.TimeoutError,
+            ValueError,
+            UnicodeDecodeError,
+        ):
+            pass
+        finally:
+            self._clients.discard(task)
+            writer.close()
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        line = await asyncio.wait_for(reader.readline(), timeout=30)  # idle keep-alive limit
+        if not line.strip():
+            return False
+        method, target, version = line.decode("latin-1").split()
+        headers: dict[str, str] = {}
+        for _ in range(200):  # bounded header count
+            raw = await reader.readline()
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = raw.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await self._read_body(reader, headers)
+        if self._fake.latency:
+            await asyncio.sleep(self._fake.latency)
+        status, payload, extra = self._fake._respond(
+            method, target, headers.get("authorization"), body
         )
-        self.send_response(status)
-        for name, value in extra:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+        keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        head = [f"HTTP/1.1 {status} {reason}", *(f"{k}: {v}" for k, v in extra)]
+        head.append(f"Content-Length: {len(payload)}")
+        head.append("Connection: " + ("keep-alive" if keep_alive else "close"))
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        writer.write(data + (payload if method != "HEAD" else b""))
+        await writer.drain()
+        return keep_alive
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
+    @staticmethod
+    async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            chunks: list[bytes] = []
+            for _ in range(1_000_000):  # bounded by the client's final zero-size chunk
+                size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    await reader.readline()
+                    break
+                chunks.append(await reader.readexactly(size))
+                await reader.readline()
+            return b"".join(chunks)
+        length = int(headers.get("content-length") or 0)
+        return await reader.readexactly(length) if length > 0 else b""
 
 
 class FakeScalingAPI:
@@ -127,8 +213,7 @@ class FakeScalingAPI:
         self._scripted: list[ScriptedResponse] = []
         self._schedules = _sample_schedules()
         self.latency = latency
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: _HTTPServer | None = None
 
     # -- lifecycle
 
@@ -136,16 +221,9 @@ class FakeScalingAPI:
         """Start serving; returns self."""
         if self._server is not None:
             return self
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self
+        server = _HTTPServer(self)
+        server.start()
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            daemon=True,
-            name="fake-scaling-api",
-        )
-        self._thread.start()
         return self
 
     def stop(self) -> None:
@@ -153,10 +231,7 @@ class FakeScalingAPI:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        server.stop()
 
     def __enter__(self) -> FakeScalingAPI:
         return self.start()
@@ -174,7 +249,7 @@ class FakeScalingAPI:
         """The port it listens on (after :meth:`start`)."""
         if self._server is None:
             raise RuntimeError("FakeScalingAPI is not started")
-        return int(self._server.server_address[1])
+        return self._server.port
 
     @property
     def url(self) -> str:
@@ -238,8 +313,6 @@ class FakeScalingAPI:
     def _respond(
         self, method: str, target: str, authorization: str | None, body: bytes
     ) -> tuple[int, bytes, list[tuple[str, str]]]:
-        if self.latency:
-            time.sleep(self.latency)
         request_id = str(uuid.uuid4())
         path = target.split("?", 1)[0]
         key = None

@@ -64,7 +64,9 @@ class MemoryProvider(Provider):
             time.sleep(self.delay)
         fail = self.fail
         if fail is True:
-            raise ProviderError(f"{self.describe()} is failing (injected)", provider=self.describe())
+            raise ProviderError(
+                f"{self.describe()} is failing (injected)", provider=self.describe()
+            )
         if isinstance(fail, BaseException):
             raise fail
         if self.value is None:

@@ -1,0 +1,626 @@
+"""KeyCache: TTL, jitter, single-flight, forced refresh, refresh-ahead, stale-if-error,
+backoff, timeouts. Real threads and tasks; a fake clock for every TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+import threading
+from datetime import timedelta
+
+import pytest
+
+from scaling_credentials import (
+    ApiKey,
+    ConfigurationError,
+    KeyCache,
+    ProviderError,
+    ProviderTimeoutError,
+    SecretNotFoundError,
+)
+from scaling_credentials.testing import FakeClock, MemoryProvider
+from scaling_credentials.testing.provider_suite import assert_no_secret
+
+K1 = "scl_live_firstkey0123456789abcd"
+K2 = "scl_live_secondkey0123456789wxyz"
+K3 = "scl_live_thirdkey0123456789mnop"
+
+
+def make(value: str | None = K1, **options: object) -> tuple[KeyCache, MemoryProvider, FakeClock]:
+    provider = MemoryProvider(value)
+    clock = FakeClock()
+    options.setdefault("jitter", 0.0)
+    cache = KeyCache(provider, clock=clock, rng=random.Random(7), **options)  # type: ignore[arg-type]
+    return cache, provider, clock
+
+
+def run_threads(n: int, target: object) -> list[object]:
+    """Start n threads together behind a barrier; join with a timeout; return results."""
+    barrier = threading.Barrier(n)
+    results: list[object] = [None] * n
+
+    def worker(index: int) -> None:
+        barrier.wait(timeout=10)
+        try:
+            results[index] = target()  # type: ignore[operator]
+        except BaseException as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck"
+    return results
+
+
+# ---------------------------------------------------------------------------- TTL
+
+
+def test_first_get_fetches_then_serves_from_cache() -> None:
+    cache, provider, _clock = make(ttl=60)
+    assert cache.get().reveal() == K1
+    for _ in range(100):
+        assert cache.get().reveal() == K1
+    assert provider.fetches == 1
+    stats = cache.stats
+    assert stats.fetches == 1
+    assert stats.hits >= 100
+    assert stats.last_fetch_at is not None
+    assert stats.last_fetch_duration is not None
+
+
+def test_expiry_fetches_again() -> None:
+    cache, provider, clock = make(ttl=60, refresh_ahead=0)
+    cache.get()
+    provider.value = K2
+    clock.advance(59.9)
+    assert cache.get().reveal() == K1
+    clock.advance(0.2)
+    assert cache.get().reveal() == K2
+    assert provider.fetches == 2
+
+
+def test_ttl_accepts_timedelta_and_env_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert KeyCache(MemoryProvider(K1), ttl=timedelta(minutes=2)).ttl == 120.0
+    monkeypatch.setenv("SCALING_API_KEY_TTL", "42")
+    assert KeyCache(MemoryProvider(K1)).ttl == 42.0
+    monkeypatch.setenv("SCALING_API_KEY_TTL", "soon")
+    with pytest.raises(ConfigurationError, match="SCALING_API_KEY_TTL"):
+        KeyCache(MemoryProvider(K1))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ttl": 0},
+        {"ttl": -1},
+        {"jitter": 1.0},
+        {"jitter": -0.1},
+        {"max_stale": -1},
+        {"min_refresh_interval": "5"},
+        {"fetch_timeout": 0},
+    ],
+)
+def test_bad_configuration_is_a_configuration_error(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        KeyCache(MemoryProvider(K1), **options)  # type: ignore[arg-type]
+
+
+def test_not_a_provider_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="Provider"):
+        KeyCache("env:X")  # type: ignore[arg-type]
+
+
+def test_jitter_spreads_lifetimes_within_bounds() -> None:
+    lifetimes = []
+    for seed in range(40):
+        provider = MemoryProvider(K1)
+        clock = FakeClock()
+        cache = KeyCache(
+            provider, ttl=100, jitter=0.2, refresh_ahead=0, clock=clock, rng=random.Random(seed)
+        )
+        cache.get()
+        # Walk the clock in 1 s steps until the entry expires (bounded loop).
+        for step in range(1, 102):
+            clock.advance(1)
+            cache.get()
+            if provider.fetches == 2:
+                lifetimes.append(step)
+                break
+    assert len(lifetimes) == 40
+    assert min(lifetimes) >= 80 and max(lifetimes) <= 101
+    assert len(set(lifetimes)) > 5, "lifetimes should differ between processes"
+
+
+def test_invalidate_forgets_the_key() -> None:
+    cache, provider, _ = make(ttl=60)
+    cache.get()
+    cache.invalidate()
+    assert cache.peek() is None
+    provider.value = K2
+    assert cache.get().reveal() == K2
+    assert provider.fetches == 2
+
+
+# ---------------------------------------------------------------------------- single flight
+
+
+def test_32_threads_at_an_expired_entry_make_one_fetch() -> None:
+    cache, provider, clock = make(ttl=60, refresh_ahead=0)
+    cache.get()
+    clock.advance(61)
+    provider.value = K2
+    provider.gate = threading.Event()
+    provider.started.clear()
+    results: list[object] = []
+    done = threading.Event()
+
+    def go() -> None:
+        results.extend(run_threads(32, cache.get))
+        done.set()
+
+    runner = threading.Thread(target=go)
+    runner.start()
+    assert provider.started.wait(10)
+    provider.gate.set()
+    runner.join(timeout=30)
+    assert done.is_set()
+    assert provider.fetches == 2  # the first fill, then exactly one for 32 threads
+    assert all(isinstance(r, ApiKey) and r.reveal() == K2 for r in results)
+
+
+def test_32_threads_at_first_use_make_one_fetch() -> None:
+    cache, provider, _ = make(ttl=60)
+    provider.delay = 0.05  # keep the fetch in flight while the others arrive
+    results = run_threads(32, cache.get)
+    assert provider.fetches == 1
+    assert {r.reveal() for r in results if isinstance(r, ApiKey)} == {K1}
+
+
+def test_200_tasks_at_an_expired_entry_make_one_fetch() -> None:
+    cache, provider, clock = make(ttl=60, refresh_ahead=0)
+    cache.get()
+    clock.advance(61)
+    provider.value = K2
+    provider.delay = 0.05
+
+    async def scenario() -> list[ApiKey]:
+        return await asyncio.gather(*(cache.aget() for _ in range(200)))
+
+    keys = asyncio.run(scenario())
+    assert provider.fetches == 2
+    assert {k.reveal() for k in keys} == {K2}
+
+
+def test_200_tasks_receiving_invalid_api_key_make_one_forced_fetch() -> None:
+    cache, provider, _ = make(ttl=300, min_refresh_interval=0)
+    old = cache.get()
+    provider.value = K2
+    provider.delay = 0.05
+
+    async def scenario() -> list[ApiKey]:
+        return await asyncio.gather(*(cache.arefresh(rejected=old) for _ in range(200)))
+
+    keys = asyncio.run(scenario())
+    assert provider.fetches == 2
+    assert cache.stats.forced_fetches == 1
+    assert {k.reveal() for k in keys} == {K2}
+    assert [k.reveal() for k in provider.rejected] == [K1]
+
+
+def test_threads_and_tasks_share_one_fetch() -> None:
+    cache, provider, _ = make(ttl=60)
+    provider.gate = threading.Event()
+    results: list[object] = []
+
+    def sync_side() -> None:
+        results.extend(run_threads(8, cache.get))
+
+    async def async_side() -> list[ApiKey]:
+        tasks = [asyncio.ensure_future(cache.aget()) for _ in range(50)]
+        await asyncio.sleep(0)
+        assert provider.started.wait(10)
+        provider.gate.set()  # type: ignore[union-attr]
+        return await asyncio.gather(*tasks)
+
+    thread = threading.Thread(target=sync_side)
+    thread.start()
+    keys = asyncio.run(async_side())
+    thread.join(timeout=30)
+    assert provider.fetches == 1
+    assert {k.reveal() for k in keys} == {K1}
+    assert all(isinstance(r, ApiKey) for r in results)
+
+
+# ---------------------------------------------------------------------------- forced refresh
+
+
+def test_refresh_with_a_different_cached_key_does_not_fetch() -> None:
+    cache, provider, _ = make(ttl=60, min_refresh_interval=0)
+    old = cache.get()
+    provider.value = K2
+    new = cache.refresh(rejected=old)
+    assert new.reveal() == K2
+    assert cache.refresh(rejected=old).reveal() == K2  # a late 401 for the old key
+    assert provider.fetches == 2
+
+
+def test_refresh_without_rejected_always_fetches() -> None:
+    cache, provider, _ = make(ttl=60, min_refresh_interval=0)
+    cache.get()
+    cache.refresh()
+    cache.refresh()
+    assert provider.fetches == 3
+    assert provider.rejected == []
+
+
+def test_forced_fetches_respect_min_refresh_interval() -> None:
+    cache, _provider, clock = make(ttl=600, min_refresh_interval=10)
+    key = cache.get()
+    for _ in range(20):
+        assert cache.refresh(rejected=key) == key  # the source still holds the key
+    assert cache.stats.forced_fetches == 1
+    clock.advance(9.9)
+    cache.refresh(rejected=key)
+    assert cache.stats.forced_fetches == 1
+    clock.advance(0.2)
+    cache.refresh(rejected=key)
+    assert cache.stats.forced_fetches == 2
+
+
+def test_a_ttl_fetch_does_not_start_the_refresh_interval() -> None:
+    cache, provider, clock = make(ttl=60, min_refresh_interval=30, refresh_ahead=0)
+    cache.get()
+    clock.advance(61)
+    key = cache.get()  # TTL fetch
+    provider.value = K2
+    assert cache.refresh(rejected=key).reveal() == K2  # forced fetch allowed at once
+    assert cache.stats.forced_fetches == 1
+
+
+def test_on_rejected_is_called_before_the_forced_fetch() -> None:
+    order: list[str] = []
+
+    class Recording(MemoryProvider):
+        def on_rejected(self, key: ApiKey) -> None:
+            order.append("rejected")
+
+        def fetch(self) -> ApiKey:
+            order.append("fetch")
+            return super().fetch()
+
+    provider = Recording(K1)
+    cache = KeyCache(provider, clock=FakeClock(), min_refresh_interval=0)
+    key = cache.get()
+    cache.refresh(rejected=key)
+    assert order == ["fetch", "rejected", "fetch"]
+
+
+def test_on_rejected_failing_does_not_stop_the_refresh(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(MemoryProvider):
+        def on_rejected(self, key: ApiKey) -> None:
+            raise RuntimeError("hook failed")
+
+    provider = Broken(K1)
+    cache = KeyCache(provider, clock=FakeClock(), min_refresh_interval=0)
+    key = cache.get()
+    provider.value = K2
+    assert cache.refresh(rejected=key).reveal() == K2
+
+
+def test_forced_fetch_failure_raises_to_refresh_callers() -> None:
+    cache, provider, _ = make(ttl=60, min_refresh_interval=0)
+    key = cache.get()
+    provider.fail = True
+    with pytest.raises(ProviderError):
+        cache.refresh(rejected=key)
+    # get() still serves the fresh key: a failed forced fetch does not drop it
+    provider.fail = False
+    assert cache.get() == key
+
+
+# ---------------------------------------------------------------------------- refresh-ahead
+
+
+def test_refresh_ahead_serves_the_current_key_while_one_caller_refreshes() -> None:
+    cache, provider, clock = make(ttl=100, refresh_ahead=20)
+    cache.get()
+    provider.value = K2
+    provider.gate = threading.Event()
+    provider.started.clear()
+    clock.advance(85)  # inside the refresh-ahead window, not expired
+    results = run_threads(16, cache.get)
+    assert {r.reveal() for r in results if isinstance(r, ApiKey)} == {K1}
+    assert provider.started.wait(10)
+    assert provider.fetches == 2  # one background refresh for 16 callers
+    provider.gate.set()
+    # Bounded wait for the background fetch to land.
+    for _ in range(1000):
+        if cache.peek() is not None and cache.peek().reveal() == K2:  # type: ignore[union-attr]
+            break
+        threading.Event().wait(0.01)
+    assert cache.get().reveal() == K2
+    assert provider.fetches == 2
+
+
+def test_refresh_ahead_failure_keeps_serving_the_current_key() -> None:
+    cache, provider, clock = make(ttl=100, refresh_ahead=20)
+    key = cache.get()
+    provider.fail = True
+    provider.started.clear()
+    clock.advance(85)
+    assert cache.get() == key
+    assert provider.started.wait(10)
+    for _ in range(1000):
+        if cache.stats.errors:
+            break
+        threading.Event().wait(0.01)
+    assert cache.get() == key
+
+
+def test_async_refresh_ahead() -> None:
+    cache, provider, clock = make(ttl=100, refresh_ahead=20)
+
+    async def scenario() -> tuple[ApiKey, ApiKey]:
+        first = await cache.aget()
+        provider.value = K2
+        clock.advance(85)
+        during = await cache.aget()
+        for _ in range(1000):
+            if cache.peek() != first:
+                break
+            await asyncio.sleep(0.01)
+        return during, await cache.aget()
+
+    during, after = asyncio.run(scenario())
+    assert during.reveal() == K1
+    assert after.reveal() == K2
+    assert provider.fetches == 2
+
+
+# ---------------------------------------------------------------------------- stale-if-error
+
+
+def test_stale_key_is_served_within_max_stale_then_the_error_surfaces(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache, provider, clock = make(
+        ttl=60, refresh_ahead=0, max_stale=120, backoff_initial=1, backoff_max=8
+    )
+    key = cache.get()
+    provider.fail = True
+    clock.advance(61)
+    with caplog.at_level(logging.WARNING, logger="scaling_credentials"):
+        assert cache.get() == key
+    assert "failed" in caplog.text and key.masked in caplog.text
+    assert_no_secret(K1, caplog.text)
+    stats = cache.stats
+    assert stats.errors == 1 and stats.stale_serves == 1
+    # Within the backoff step no new backend attempt is made, however many reads.
+    for _ in range(50):
+        assert cache.get() == key
+    assert provider.fetches == 2
+    # Walk through the stale window in 1 s steps: attempts stay bounded by the backoff.
+    for _ in range(115):
+        clock.advance(1)
+        assert cache.get() == key
+    assert provider.fetches <= 2 + 20
+    clock.advance(10)  # past expiry + max_stale
+    with pytest.raises(ProviderError):
+        cache.get()
+
+
+def test_recovery_after_the_backend_returns() -> None:
+    cache, provider, clock = make(ttl=60, refresh_ahead=0, backoff_initial=2, backoff_max=2)
+    key = cache.get()
+    provider.fail = True
+    clock.advance(61)
+    assert cache.get() == key
+    provider.fail = False
+    provider.value = K2
+    clock.advance(2.01)  # one backoff step
+    assert cache.get().reveal() == K2
+    assert cache.stats.consecutive_failures == 0
+
+
+def test_no_key_ever_fetched_raises_the_typed_error_at_once() -> None:
+    cache, provider, _ = make(value=None)
+    with pytest.raises(SecretNotFoundError):
+        cache.get()
+    # During the backoff step the same error comes back without a backend call.
+    with pytest.raises(SecretNotFoundError):
+        cache.get()
+    assert provider.fetches == 1
+
+
+def test_backoff_is_exponential_and_capped() -> None:
+    cache, provider, clock = make(value=None, backoff_initial=1, backoff_max=16)
+    attempts_at: list[float] = []
+    start = clock()
+    for _ in range(1200):  # 120 s in 0.1 s steps
+        before = provider.fetches
+        with pytest.raises(SecretNotFoundError):
+            cache.get()
+        if provider.fetches != before:
+            attempts_at.append(clock() - start)
+        clock.advance(0.1)
+    gaps = [b - a for a, b in itertools.pairwise(attempts_at)]
+    assert 7 <= len(attempts_at) <= 30
+    assert max(gaps) <= 16.2
+    assert gaps[-1] >= 7.9  # reached the capped region (16 * [0.5, 1])
+    assert gaps[0] <= 1.2
+
+
+def test_non_library_exceptions_are_wrapped() -> None:
+    cache, provider, _ = make()
+    provider.fail = OSError("disk on fire")
+    with pytest.raises(ProviderError) as info:
+        cache.get()
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.provider == "memory:memory"
+
+
+def test_a_provider_returning_a_str_is_an_error() -> None:
+    class Wrong(MemoryProvider):
+        def fetch(self) -> ApiKey:
+            return K1  # type: ignore[return-value]
+
+    cache = KeyCache(Wrong(K1), clock=FakeClock())
+    with pytest.raises(ProviderError, match="not an ApiKey"):
+        cache.get()
+
+
+# ---------------------------------------------------------------------------- timeouts and async
+
+
+def test_a_hung_backend_times_out_with_a_clear_error() -> None:
+    cache, provider, _ = make(fetch_timeout=0.2)
+    provider.gate = threading.Event()
+    try:
+        with pytest.raises(ProviderTimeoutError, match="fetch_timeout"):
+            cache.get()
+    finally:
+        provider.gate.set()
+
+
+def test_a_hung_backend_serves_the_stale_key() -> None:
+    cache, provider, clock = make(ttl=60, refresh_ahead=0, fetch_timeout=0.2)
+    key = cache.get()
+    clock.advance(61)
+    provider.gate = threading.Event()
+    try:
+        assert cache.get() == key
+        assert cache.get() == key  # in backoff now: no wait at all
+    finally:
+        provider.gate.set()
+
+
+def test_a_cancelled_waiter_does_not_break_the_fetch_for_others() -> None:
+    cache, provider, _ = make()
+    provider.gate = threading.Event()
+
+    async def scenario() -> list[ApiKey]:
+        victim = asyncio.ensure_future(cache.aget())
+        others = [asyncio.ensure_future(cache.aget()) for _ in range(10)]
+        await asyncio.sleep(0)
+        assert provider.started.wait(10)
+        victim.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await victim
+        provider.gate.set()  # type: ignore[union-attr]
+        return await asyncio.gather(*others)
+
+    keys = asyncio.run(scenario())
+    assert {k.reveal() for k in keys} == {K1}
+    assert provider.fetches == 1
+
+
+def test_a_failing_fetch_wakes_every_waiter_with_the_error() -> None:
+    cache, provider, _ = make()
+    provider.gate = threading.Event()
+    provider.fail = True
+
+    async def scenario() -> list[BaseException | ApiKey]:
+        tasks = [asyncio.ensure_future(cache.aget()) for _ in range(20)]
+        await asyncio.sleep(0)
+        assert provider.started.wait(10)
+        provider.gate.set()  # type: ignore[union-attr]
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, ProviderError) for o in outcomes)
+    assert provider.fetches == 1
+
+
+def test_aget_does_not_block_the_event_loop() -> None:
+    cache, provider, _ = make()
+    provider.delay = 0.1
+
+    async def scenario() -> int:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(ticker())
+        await cache.aget()
+        stop.set()
+        await task
+        return ticks
+
+    assert asyncio.run(scenario()) > 5
+
+
+def test_native_async_provider_is_used_by_aget() -> None:
+    class Native(MemoryProvider):
+        async_calls = 0
+
+        async def afetch(self) -> ApiKey:
+            type(self).async_calls += 1
+            await asyncio.sleep(0)
+            return ApiKey(K2)
+
+    provider = Native(K1)
+    cache = KeyCache(provider, clock=FakeClock())
+    assert asyncio.run(cache.aget()).reveal() == K2
+    assert Native.async_calls == 1 and provider.fetches == 0
+
+
+def test_sync_get_inside_the_loop_of_an_async_fetch_does_not_deadlock() -> None:
+    class Native(MemoryProvider):
+        async def afetch(self) -> ApiKey:
+            await asyncio.sleep(0.05)
+            return ApiKey(K1)
+
+    provider = Native(K1)
+    cache = KeyCache(provider, clock=FakeClock(), fetch_timeout=5)
+
+    async def scenario() -> ApiKey:
+        task = asyncio.ensure_future(cache.aget())
+        await asyncio.sleep(0)
+        key = cache.get()  # a sync call made from async code, on the loop thread
+        await task
+        return key
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 10)).reveal() == K1
+
+
+# ---------------------------------------------------------------------------- fork and hygiene
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_cache_warmed_before_fork_works_in_the_child() -> None:
+    cache, provider, clock = make(ttl=60, refresh_ahead=0)
+    cache.get()
+    provider.gate = threading.Event()
+    clock.advance(61)
+    # A fetch in flight in the parent when the fork happens: the child must not wait on it.
+    threading.Thread(target=cache.get, daemon=True).start()
+    assert provider.started.wait(10)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            provider.gate.set()
+            provider.value = K2
+            code = 0 if cache.get().reveal() == K2 else 3
+        finally:
+            os._exit(code)
+    provider.gate.set()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_stats_and_repr_hold_no_secret() -> None:
+    cache, _, _ = make()
+    cache.get()
+    assert_no_secret(K1, repr(cache), repr(cache.stats), str(cache.stats))
