@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -146,7 +147,9 @@ def start_bao(workdir: Path, *, tls: bool = False) -> BaoServer:
                 last_error = f"bao exited with {process.returncode} (attempt {attempt + 1})"
                 break
             try:
-                verify: Any = server.ca_cert if tls and Path(str(server.ca_cert)).exists() else True
+                verify: Any = True
+                if tls and Path(str(server.ca_cert)).exists():
+                    verify = ssl.create_default_context(cafile=server.ca_cert)
                 answer = httpx.get(f"{server.url}/v1/sys/health", timeout=1.0, verify=verify)
                 if answer.status_code == 200:
                     return server

@@ -202,17 +202,17 @@ class TokenAuth(VaultAuth):
         return () if self._token is None else (self._token,)
 
     def source(self) -> str:
-        """Where the token is read from (for messages): a variable, a file or 'given'."""
+        """Where the token comes from, for messages (never the token)."""
         if self._token is not None:
-            return "the token passed to TokenAuth"
+            return "passed to TokenAuth"
         if self.token_file is not None:
-            return f"the token file {self.token_file}"
+            return f"read from {self.token_file}"
         env = os.environ if self._environ is None else self._environ
         if env.get("VAULT_TOKEN", "").strip():
             return "VAULT_TOKEN"
         if env.get("VAULT_TOKEN_FILE", "").strip():
-            return f"the token file {env['VAULT_TOKEN_FILE'].strip()} (VAULT_TOKEN_FILE)"
-        return "~/.vault-token"
+            return f"read from {env['VAULT_TOKEN_FILE'].strip()} (VAULT_TOKEN_FILE)"
+        return "read from ~/.vault-token"
 
     def read_token(self) -> str:
         """The token, read now from its source."""
@@ -249,7 +249,7 @@ class TokenAuth(VaultAuth):
         except VaultCallError as exc:
             if exc.status in (401, 403):
                 raise ProviderError(
-                    f"the Vault token from {self.source()} is invalid, expired or revoked "
+                    f"the Vault token ({self.source()}) is invalid, expired or revoked "
                     "(auth/token/lookup-self answered 403 permission denied); log in again "
                     "(bao login / vault login) or fix the token source"
                 ) from exc
@@ -447,10 +447,12 @@ class JWTAuth(_JWTFileAuth):
 
 def login_error(exc: VaultCallError, what: str, hint: str) -> ProviderError:
     """A typed error for a failed login (a 4xx answer), with Vault's reason and a hint."""
-    if exc.is_missing_route():
-        mount = what.rsplit(" at ", 1)[-1]
+    mount = what.rsplit(" at ", 1)[-1]
+    if exc.is_missing_route() or exc.status == 403:
+        # Vault answers an unauthenticated request to a path under no auth method with a
+        # 403 (or a 404 "no handler for route"), never with "no such auth method".
         return ProviderError(
-            f"{what} failed: no auth method is enabled at {mount} "
-            f"(enable it, or set the mount point the method is enabled at)"
+            f"{what} failed ({exc.describe()}): is an auth method enabled at {mount}? "
+            "Enable it, or set the mount point it is enabled at (auth_mount= in a source URI)"
         )
     return ProviderError(f"{what} failed: {exc.describe()}; {hint}")
