@@ -1,0 +1,114 @@
+"""Pin the public names: a rename or removal is a visible, deliberate decision."""
+
+from __future__ import annotations
+
+import inspect
+from types import ModuleType
+
+import pytest
+
+import scaling_credentials
+import scaling_credentials.testing
+import scaling_credentials.testing.provider_suite
+
+CORE = [
+    "ApiKey",
+    "CacheStats",
+    "ChainProvider",
+    "ConfigurationError",
+    "EnvProvider",
+    "FileProvider",
+    "InvalidKeyFormatError",
+    "KeyCache",
+    "Provider",
+    "ProviderError",
+    "ProviderTimeoutError",
+    "ScalingAPIError",
+    "ScalingAuth",
+    "ScalingCredentialsError",
+    "SecretNotFoundError",
+    "SourceURI",
+    "__version__",
+    "async_scaling_client",
+    "provider_from_env",
+    "provider_from_uri",
+    "raise_for_scaling_error",
+    "scaling_client",
+]
+
+TESTING = [
+    "FakeClock",
+    "FakeScalingAPI",
+    "MemoryProvider",
+    "RecordedRequest",
+    "ScriptedResponse",
+    "free_port",
+]
+
+PROVIDER_SUITE = ["BAD_VALUES", "ProviderTests", "assert_no_secret"]
+
+MODULES = [
+    (scaling_credentials, CORE),
+    (scaling_credentials.testing, TESTING),
+    (scaling_credentials.testing.provider_suite, PROVIDER_SUITE),
+]
+
+
+@pytest.mark.parametrize(("module", "names"), MODULES, ids=lambda v: getattr(v, "__name__", ""))
+def test_all_is_sorted_and_exactly_the_pinned_set(module: ModuleType, names: list[str]) -> None:
+    assert module.__all__ == sorted(module.__all__)
+    assert module.__all__ == names
+
+
+@pytest.mark.parametrize(("module", "names"), MODULES, ids=lambda v: getattr(v, "__name__", ""))
+def test_every_name_is_importable(module: ModuleType, names: list[str]) -> None:
+    namespace: dict[str, object] = {}
+    exec(f"from {module.__name__} import *", namespace)
+    for name in names:
+        assert getattr(module, name) is namespace[name]
+
+
+@pytest.mark.parametrize(("module", "names"), MODULES, ids=lambda v: getattr(v, "__name__", ""))
+def test_every_public_class_and_function_has_a_docstring(
+    module: ModuleType, names: list[str]
+) -> None:
+    undocumented = [
+        name
+        for name in names
+        if (inspect.isclass(getattr(module, name)) or inspect.isfunction(getattr(module, name)))
+        and not inspect.getdoc(getattr(module, name))
+    ]
+    assert undocumented == []
+
+
+def test_version_is_a_string() -> None:
+    assert isinstance(scaling_credentials.__version__, str)
+    assert scaling_credentials.__version__.count(".") >= 2
+
+
+def test_error_tree() -> None:
+    sc = scaling_credentials
+    for error in (
+        sc.ConfigurationError,
+        sc.InvalidKeyFormatError,
+        sc.ProviderError,
+        sc.ScalingAPIError,
+    ):
+        assert issubclass(error, sc.ScalingCredentialsError)
+    assert issubclass(sc.ConfigurationError, ValueError)
+    assert issubclass(sc.InvalidKeyFormatError, ValueError)
+    assert issubclass(sc.SecretNotFoundError, sc.ProviderError)
+    assert issubclass(sc.ProviderTimeoutError, sc.ProviderError)
+    assert not issubclass(sc.ProviderError, ValueError)
+    error = sc.ProviderError("x", provider="env:X")
+    assert error.provider == "env:X"
+    api_error = sc.ScalingAPIError("x", status_code=401, code="invalid_api_key")
+    assert (api_error.status_code, api_error.type, api_error.code) == (401, None, "invalid_api_key")
+    assert (api_error.request_id, api_error.response) == (None, None)
+
+
+def test_providers_are_provider_subclasses() -> None:
+    sc = scaling_credentials
+    for provider in (sc.EnvProvider, sc.FileProvider, sc.ChainProvider):
+        assert issubclass(provider, sc.Provider)
+    assert issubclass(scaling_credentials.testing.MemoryProvider, sc.Provider)
