@@ -197,7 +197,7 @@ class SecretsManagerProvider(Provider):
         config = Config(
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
-            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
             user_agent_extra=USER_AGENT_EXTRA,
         )
         try:

@@ -1,0 +1,97 @@
+"""The core's shared provider suite, run for both AWS providers against real answers:
+SecretsManagerProvider against moto over HTTP, LambdaExtensionProvider against a local
+extension stand-in that reads from the same moto."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from scaling_credentials_aws import LambdaExtensionProvider, SecretsManagerProvider
+
+from scaling_credentials import Provider
+from scaling_credentials.testing.provider_suite import ProviderTests
+
+
+class _MotoSecret:
+    """Arranges one secret in moto per test."""
+
+    sm: Any
+    name: str
+
+    @pytest.fixture(autouse=True)
+    def _secret(self, sm: Any) -> Iterator[None]:
+        self.sm = sm
+        self.name = f"suite/{uuid.uuid4().hex[:12]}"
+        yield
+        self.remove()
+
+    def encode(self, value: str) -> dict[str, Any]:
+        return {"SecretString": value}
+
+    def store(self, value: str) -> None:
+        if value == "":
+            pytest.skip("Secrets Manager cannot hold an empty secret (minimum length 1)")
+        arguments = self.encode(value)
+        try:
+            self.sm.put_secret_value(SecretId=self.name, **arguments)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+            self.sm.create_secret(Name=self.name, **arguments)
+
+    def remove(self) -> None:
+        try:
+            self.sm.delete_secret(SecretId=self.name, ForceDeleteWithoutRecovery=True)
+        except ClientError:
+            pass
+
+
+class TestSecretsManagerProvider(_MotoSecret, ProviderTests):
+    @pytest.fixture(autouse=True)
+    def _endpoint(self, moto_endpoint: str, boto_session: boto3.session.Session) -> None:
+        self.endpoint = moto_endpoint
+        self.session = boto_session
+
+    def make_provider(self) -> Provider:
+        return SecretsManagerProvider(self.name, endpoint_url=self.endpoint, session=self.session)
+
+
+class TestSecretsManagerProviderJSONField(TestSecretsManagerProvider):
+    def make_provider(self) -> Provider:
+        return SecretsManagerProvider(
+            self.name, field="api_key", endpoint_url=self.endpoint, session=self.session
+        )
+
+    def encode(self, value: str) -> dict[str, Any]:
+        return {"SecretString": json.dumps({"api_key": value, "owner": "platform"})}
+
+
+class TestLambdaExtensionProvider(_MotoSecret, ProviderTests):
+    # The extension caches on its own: new values show up after on_rejected.
+    reads_fresh_each_fetch = False
+    honour_refresh_now = True
+
+    @pytest.fixture(autouse=True)
+    def _extension(self, fake_extension: Callable[..., Any], moto_endpoint: str) -> None:
+        self.extension = fake_extension(honour_refresh_now=self.honour_refresh_now)
+
+    def make_provider(self) -> Provider:
+        return LambdaExtensionProvider(self.name, port=self.extension.port)
+
+
+class TestLambdaExtensionProviderWithoutRefreshNow(TestLambdaExtensionProvider):
+    """An extension that ignores refreshNow: after a rejection the provider reads
+    Secrets Manager directly through boto3 (pointed at moto by the standard
+    AWS_ENDPOINT_URL_SECRETS_MANAGER variable)."""
+
+    honour_refresh_now = False
+
+    @pytest.fixture(autouse=True)
+    def _direct_endpoint(self, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> None:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto_endpoint)
