@@ -88,13 +88,13 @@ def test_version_is_a_string() -> None:
 
 def test_error_tree() -> None:
     sc = scaling_credentials
-    for error in (
+    for cls in (
         sc.ConfigurationError,
         sc.InvalidKeyFormatError,
         sc.ProviderError,
         sc.ScalingAPIError,
     ):
-        assert issubclass(error, sc.ScalingCredentialsError)
+        assert issubclass(cls, sc.ScalingCredentialsError)
     assert issubclass(sc.ConfigurationError, ValueError)
     assert issubclass(sc.InvalidKeyFormatError, ValueError)
     assert issubclass(sc.SecretNotFoundError, sc.ProviderError)

@@ -168,7 +168,8 @@ def test_issue_rotate_revoke(client: httpx.Client, scaling_api: FakeScalingAPI) 
     assert scaling_api.current_key == second
 
     scaling_api.revoke(ApiKey(second))  # an ApiKey works too
-    assert scaling_api.current_key is None
+    current: str | None = scaling_api.current_key
+    assert current is None
     assert client.get(SCHEDULES, headers=bearer(second)).status_code == 401
 
 

@@ -256,8 +256,8 @@ def _hide_distribution(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     (the real entry points of every other distribution stay)."""
     real = importlib.metadata.entry_points
 
-    def entry_points(**params: Any) -> importlib.metadata.EntryPoints:
-        found = real(**params)
+    def entry_points(*, group: str, **params: Any) -> importlib.metadata.EntryPoints:
+        found = real(group=group, **params)
         return importlib.metadata.EntryPoints(
             ep for ep in found if ep.dist is None or ep.dist.metadata["Name"] != name
         )
