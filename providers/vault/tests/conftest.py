@@ -245,3 +245,44 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., BaoServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@dataclass
+class BaoProcess:
+    """A ``bao`` subprocess other than the dev server (``bao agent``, say)."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+
+@pytest.fixture
+def run_bao(tmp_path: Path) -> Iterator[Callable[..., BaoProcess]]:
+    """``run_bao(*args)`` starts ``bao <args>`` in a clean environment with a private HOME;
+    every process started is stopped by its pid at the end of the test."""
+    started: list[BaoProcess] = []
+
+    def run(*args: str) -> BaoProcess:
+        workdir = tmp_path / f"bao-process-{len(started)}"
+        workdir.mkdir()
+        log_path = workdir / "output.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [bao_binary(), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=clean_env(workdir),
+                cwd=workdir,
+            )
+        started.append(BaoProcess(process=process, log_path=log_path))
+        return started[-1]
+
+    yield run
+    for item in started:
+        stop_process(item.process)
