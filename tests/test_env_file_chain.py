@@ -8,6 +8,8 @@ import asyncio
 import json
 import logging
 import os
+import select
+import signal
 import threading
 import traceback
 from pathlib import Path
@@ -322,13 +324,19 @@ def _fetch_as_nobody(path: Path) -> str:
             os._exit(status)
     os.close(write_end)
     chunks = []
-    while True:
-        chunk = os.read(read_end, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_end)
-    _, status = os.waitpid(pid, 0)
+    try:
+        for _ in range(1000):  # bounded; the child writes one short answer and exits
+            ready, _, _ = select.select([read_end], [], [], 30)
+            if not ready:  # a child stuck on a lock inherited from another thread
+                os.kill(pid, signal.SIGKILL)
+                break
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     return b"".join(chunks).decode()
 
