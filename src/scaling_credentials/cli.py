@@ -25,22 +25,20 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 
 from ._errors import (
     ConfigurationError,
     InvalidKeyFormatError,
+    ProviderError,
     ScalingCredentialsError,
     SecretNotFoundError,
 )
 from ._key import ApiKey
 from ._provider import Provider
 from ._version import __version__
-
-if TYPE_CHECKING:
-    from ._cache import KeyCache
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "build_parser", "main"]
 
@@ -194,17 +192,54 @@ def _run_bounded(work: Callable[[], _T], timeout: float) -> tuple[bool, _T | Non
     return True, value
 
 
-def _resolve(source: str | None, timeout: float) -> tuple[_Resolved, KeyCache]:
-    """Choose the provider and fetch the key through a KeyCache bounded by ``timeout``;
-    returns the result and the cache (to send requests with the same key)."""
-    from ._cache import KeyCache
+class _Prefetched(Provider):
+    """Hands out the key ``resolve`` already fetched once, then reads ``inner`` again: the
+    check sends the key it reported, and a forced refresh after a 401 still goes to the
+    backend."""
 
+    def __init__(self, inner: Provider, key: ApiKey) -> None:
+        self._inner = inner
+        self._key: ApiKey | None = key
+        self._lock = threading.Lock()
+
+    def fetch(self) -> ApiKey:
+        with self._lock:
+            key, self._key = self._key, None
+        return key if key is not None else self._inner.fetch()
+
+    def describe(self) -> str:
+        return self._inner.describe()
+
+    def on_rejected(self, key: ApiKey) -> None:
+        self._inner.on_rejected(key)
+
+
+def _fetch(provider: Provider) -> ApiKey:
+    try:
+        key = provider.fetch()
+    except ScalingCredentialsError:
+        raise
+    except Exception as exc:
+        # A provider's own exception may quote what it read: report its type only
+        # (--debug shows the chained cause).
+        raise ProviderError(
+            f"fetching the key from {provider.describe()} failed with {type(exc).__name__}",
+            provider=provider.describe(),
+        ) from exc
+    if not isinstance(key, ApiKey):
+        raise ProviderError(
+            f"{provider.describe()} returned {type(key).__name__}, not an ApiKey",
+            provider=provider.describe(),
+        )
+    return key
+
+
+def _resolve(source: str | None) -> _Resolved:
+    """Choose the provider and fetch the key once (the caller bounds the time)."""
     provider, chosen = _select_provider(source)
-    # Failures surface at once (no stale serving, no backoff games): this is a probe.
-    cache = KeyCache(provider, ttl=300.0, fetch_timeout=timeout, max_stale=0.0)
     started = time.perf_counter()
-    key = cache.get()
-    return _Resolved(provider, chosen, key, time.perf_counter() - started), cache
+    key = _fetch(provider)
+    return _Resolved(provider, chosen, key, time.perf_counter() - started)
 
 
 def _resolved_json(resolved: _Resolved) -> dict[str, Any]:
@@ -226,14 +261,13 @@ def _ms(seconds: float) -> str:
 
 def _cmd_resolve(args: argparse.Namespace, out: _Out) -> int:
     timeout: float = args.timeout
-    finished, result = _run_bounded(lambda: _resolve(args.source, timeout), timeout + 1.0)
-    if not finished or result is None:
+    finished, resolved = _run_bounded(lambda: _resolve(args.source), timeout)
+    if not finished or resolved is None:
         raise CLIError(
             f"fetching the key did not finish within {timeout:g} s (--timeout); the backend "
             "may be slow or unreachable",
             EXIT_FAILED,
         )
-    resolved, _cache = result
     key = resolved.key
     if args.reveal:
         print(
@@ -282,11 +316,20 @@ class _CheckState:
 
 def _do_check(args: argparse.Namespace, base_url: httpx.URL, state: _CheckState) -> None:
     from ._api import scaling_client
+    from ._cache import KeyCache
 
     timeout: float = args.timeout
     deadline = time.monotonic() + timeout
-    state.resolved, cache = _resolve(args.source, timeout)
+    state.resolved = resolved = _resolve(args.source)
     state.phase = "request"
+    # Failures surface at once (no stale serving): this is a probe.
+    cache = KeyCache(
+        _Prefetched(resolved.provider, resolved.key),
+        ttl=300.0,
+        max_stale=0.0,
+        fetch_timeout=timeout,
+        min_refresh_interval=0.0,
+    )
     remaining = max(0.1, deadline - time.monotonic())
     with scaling_client(
         cache,
@@ -312,7 +355,7 @@ def _cmd_check(args: argparse.Namespace, out: _Out) -> int:
     url = str(base_url).rstrip("/") + CHECK_PATH
     timeout: float = args.timeout
     state = _CheckState()
-    finished, _ = _run_bounded(lambda: _do_check(args, base_url, state), timeout + 0.5)
+    finished, _ = _run_bounded(lambda: _do_check(args, base_url, state), timeout)
     if not finished and state.phase == "resolve":
         raise CLIError(
             f"fetching the key did not finish within {timeout:g} s (--timeout); the backend "
@@ -513,21 +556,27 @@ SOURCE_HELP = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``scaling-credentials`` command."""
-    common = _Parser(add_help=False)
-    # SUPPRESS: given after the subcommand, it must not reset the value given before it.
-    common.add_argument(
-        "--debug",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="print tracebacks with errors, and the library's info logs",
-    )
-    common.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="print the library's info logs (masked keys only) to stderr",
-    )
+
+    def common(top: bool) -> _Parser:
+        # Options accepted before and after the subcommand. The subcommand's copy defaults
+        # to SUPPRESS so that it does not reset a value given before the subcommand.
+        options = _Parser(add_help=False)
+        default: Any = False if top else argparse.SUPPRESS
+        options.add_argument(
+            "--debug",
+            action="store_true",
+            default=default,
+            help="print tracebacks with errors, and the library's info logs",
+        )
+        options.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=default,
+            help="print the library's info logs (masked keys only) to stderr",
+        )
+        return options
+
     parser = _Parser(
         prog=PROG,
         description="Which Scaling API key does this workload use, and does it work?",
@@ -535,15 +584,15 @@ def build_parser() -> argparse.ArgumentParser:
             "exit codes: 0 ok; 1 the key does not work or the backend failed; "
             "2 configuration error. Keys are printed masked (resolve --reveal excepted)."
         ),
-        parents=[common],
+        parents=[common(top=True)],
     )
-    parser.set_defaults(debug=False, verbose=False, json=False, quiet=False)
+    parser.set_defaults(json=False, quiet=False)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     resolve = sub.add_parser(
         "resolve",
-        parents=[common],
+        parents=[common(top=False)],
         help="fetch the key: its source, masked form, version and fetch time",
         description=(
             "Fetch the key from its source and show where it came from, its masked form, "
@@ -569,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser(
         "check",
-        parents=[common],
+        parents=[common(top=False)],
         help="resolve the key, then GET /oncall/schedules with it",
         description=(
             "Resolve the key, then send GET /oncall/schedules with it through ScalingAuth "
@@ -609,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     providers = sub.add_parser(
         "providers",
-        parents=[common],
+        parents=[common(top=False)],
         help="list the installed key source schemes",
         description=(
             "List the installed provider schemes (entry points, not imported), their "
@@ -621,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        parents=[common],
+        parents=[common(top=False)],
         help="a key rotation under load against a local fake API (no cloud account)",
         description=(
             "Start a fake Scaling API and a key file laid out like a Kubernetes secret "
