@@ -29,6 +29,7 @@ from scaling_credentials.testing import free_port
 REGION = "us-east-1"
 FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 SESSION_TOKEN = "fake-session-token-for-the-extension"
+DEAD_ENDPOINT = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 _AWS_VARIABLES_TO_CLEAR = (
     "AWS_PROFILE",
@@ -65,6 +66,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    # A safety net: any client left on AWS's default endpoint talks to a closed loopback
+    # port instead of the internet. Tests that use moto set the service's own variable.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", DEAD_ENDPOINT)
 
 
 @pytest.fixture(scope="session")

@@ -268,9 +268,7 @@ def test_uri_parameters(moto_endpoint: str) -> None:
     assert (plain.secret_id, plain.describe()) == (arn, f"aws-sm:{arn}")
     by_id = provider_from_uri("aws-sm:prod/scaling?version_id=abc")
     assert isinstance(by_id, SecretsManagerProvider) and by_id.version_id == "abc"
-    extension = provider_from_uri(
-        "aws-lambda-extension:prod/scaling?field=api_key&stage=AWSPREVIOUS"
-    )
+    extension = provider_from_uri("aws-lambda-extension:prod/scaling?field=api_key&stage=S")
     assert isinstance(extension, LambdaExtensionProvider)
     assert (extension.field, extension.version_stage) == ("api_key", "S")
 

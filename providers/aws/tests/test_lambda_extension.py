@@ -1,0 +1,350 @@
+"""LambdaExtensionProvider against a local server that follows the extension's protocol
+(see conftest.FakeExtension), reading from moto."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from scaling_credentials_aws import LambdaExtensionProvider
+
+from scaling_credentials import (
+    ConfigurationError,
+    InvalidKeyFormatError,
+    ProviderError,
+    SecretNotFoundError,
+)
+from scaling_credentials.testing import free_port
+from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
+
+KEY_A = good_value("alpha")
+KEY_B = good_value("bravo")
+
+
+@pytest.fixture
+def extension(fake_extension: Callable[..., Any]) -> Any:
+    return fake_extension()
+
+
+def _get(extension: Any, query: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    url = f"http://127.0.0.1:{extension.port}/secretsmanager/get?{query}"
+    return httpx.get(url, headers=headers or {}, trust_env=False)
+
+
+# ---------------------------------------------------------------------- the stand-in itself
+
+
+def test_the_stand_in_follows_the_documented_protocol(
+    extension: Any, sm: Any, secret_name: str, put: Callable[..., str]
+) -> None:
+    version = put(sm, secret_name, SecretString=KEY_A)
+    assert _get(extension, f"secretId={secret_name}").status_code == 400  # no token
+    wrong = {"X-Aws-Parameters-Secrets-Token": "nope"}
+    assert _get(extension, f"secretId={secret_name}", wrong).status_code == 403
+    good = {"X-Aws-Parameters-Secrets-Token": extension.token}
+    answer = _get(extension, f"secretId={secret_name}", good).json()
+    assert answer["SecretString"] == KEY_A and answer["VersionId"] == version
+    assert answer["VersionStages"] == ["AWSCURRENT"] and answer["Name"] == secret_name
+
+
+# ---------------------------------------------------------------------- requests and answers
+
+
+def test_request_carries_token_stage_and_version(
+    extension: Any, sm: Any, secret_name: str, put: Callable[..., str]
+) -> None:
+    first = put(sm, secret_name, SecretString=KEY_A)
+    put(sm, secret_name, SecretString=KEY_B)
+    previous = LambdaExtensionProvider(
+        secret_name, version_stage="AWSPREVIOUS", port=extension.port
+    ).fetch()
+    assert (previous.reveal(), previous.version) == (KEY_A, first)
+    by_id = LambdaExtensionProvider(secret_name, version_id=first, port=extension.port).fetch()
+    assert by_id.reveal() == KEY_A
+    params = [r.params for r in extension.requests]
+    assert params == [
+        {"secretId": secret_name, "versionStage": "AWSPREVIOUS"},
+        {"secretId": secret_name, "versionId": first},
+    ]
+    assert {r.token for r in extension.requests} == {extension.token}
+
+
+def test_secret_binary_arrives_base64_encoded(
+    extension: Any, sm: Any, secret_name: str, put: Callable[..., str]
+) -> None:
+    put(sm, secret_name, SecretBinary=KEY_A.encode())
+    assert LambdaExtensionProvider(secret_name, port=extension.port).fetch().reveal() == KEY_A
+
+
+def test_a_secret_name_with_slashes_and_an_arn_are_encoded(
+    extension: Any, sm: Any, secret_name: str, put: Callable[..., str]
+) -> None:
+    put(sm, secret_name, SecretString=KEY_A)
+    arn = sm.describe_secret(SecretId=secret_name)["ARN"]
+    assert LambdaExtensionProvider(arn, port=extension.port).fetch().reveal() == KEY_A
+    assert extension.requests[-1].params["secretId"] == arn
+
+
+def test_a_cold_start_not_ready_answer_is_retried(
+    fake_extension: Callable[..., Any], sm: Any, secret_name: str, put: Callable[..., str]
+) -> None:
+    extension = fake_extension(not_ready=2)
+    put(sm, secret_name, SecretString=KEY_A)
+    provider = LambdaExtensionProvider(secret_name, port=extension.port)
+    assert provider.fetch().reveal() == KEY_A
+    assert [r.status for r in extension.requests] == [400, 400, 200]
+
+
+def test_a_cold_start_not_ready_answer_is_retried_by_afetch(
+    fake_extension: Callable[..., Any], sm: Any, secret_name: str, put: Callable[..., str]
+) -> None:
+    extension = fake_extension(not_ready=1)
+    put(sm, secret_name, SecretString=KEY_A)
+    provider = LambdaExtensionProvider(secret_name, port=extension.port)
+    assert asyncio.run(provider.afetch()).reveal() == KEY_A
+    assert [r.status for r in extension.requests] == [400, 200]
+
+
+def test_not_ready_for_too_long_is_a_bounded_provider_error(
+    fake_extension: Callable[..., Any],
+) -> None:
+    extension = fake_extension(not_ready=10_000)
+    provider = LambdaExtensionProvider("x", port=extension.port, ready_timeout=0.1)
+    with pytest.raises(ProviderError, match=r"still not ready after 0\.1 s") as info:
+        provider.fetch()
+    assert "not at import time" in str(info.value)
+    assert 2 <= len(extension.requests) <= 10
+
+
+def test_missing_secret_is_secret_not_found(extension: Any) -> None:
+    with pytest.raises(SecretNotFoundError, match="no secret 'absent/secret'"):
+        LambdaExtensionProvider("absent/secret", port=extension.port).fetch()
+
+
+def test_a_404_is_secret_not_found_naming_the_extension(
+    fake_extension: Callable[..., Any],
+) -> None:
+    extension = fake_extension(scripted=[(404, b"not found")])
+    with pytest.raises(SecretNotFoundError, match="404"):
+        LambdaExtensionProvider("x", port=extension.port).fetch()
+
+
+def test_a_wrong_token_is_refused_with_a_hint(
+    extension: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "another-token")
+    with pytest.raises(ProviderError, match="refused the request \\(403") as info:
+        LambdaExtensionProvider("x", port=extension.port).fetch()
+    assert "AWS_SESSION_TOKEN" in str(info.value)
+    assert_no_secret("another-token", str(info.value))
+
+
+def test_without_a_session_token_nothing_is_sent(
+    extension: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    with pytest.raises(ProviderError, match="AWS_SESSION_TOKEN is not set"):
+        LambdaExtensionProvider("x", port=extension.port).fetch()
+    assert extension.requests == []
+
+
+def test_snapstart_token_variable_is_used(
+    extension: Any, sm: Any, secret_name: str, put: Callable[..., str], monkeypatch: Any
+) -> None:
+    put(sm, secret_name, SecretString=KEY_A)
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", extension.token)
+    assert LambdaExtensionProvider(secret_name, port=extension.port).fetch().reveal() == KEY_A
+
+
+def test_nothing_listening_outside_lambda_fails_fast() -> None:
+    provider = LambdaExtensionProvider("x", port=free_port(), ready_timeout=30)
+    with pytest.raises(ProviderError, match="not running in AWS Lambda"):
+        provider.fetch()
+
+
+def test_nothing_listening_in_lambda_is_retried_then_names_the_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "orders")
+    provider = LambdaExtensionProvider("x", port=free_port(), ready_timeout=0.1)
+    with pytest.raises(ProviderError, match="layer is not attached"):
+        provider.fetch()
+    with pytest.raises(ProviderError, match="layer is not attached"):
+        asyncio.run(provider.afetch())
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "match"),
+    [
+        ((200, b"<html>hello</html>"), ProviderError, "JSON object"),
+        ((200, b'{"Name": "x"}'), InvalidKeyFormatError, "neither SecretString"),
+        ((200, b'{"SecretBinary": "!!notbase64"}'), InvalidKeyFormatError, "not base64"),
+        ((502, b"bad gateway"), ProviderError, "answered 502"),
+        (
+            (400, b'{"__type": "AccessDeniedException", "message": "no"}'),
+            ProviderError,
+            "kms:Decrypt",
+        ),
+    ],
+)
+def test_odd_answers_give_typed_errors(
+    fake_extension: Callable[..., Any],
+    answer: tuple[int, bytes],
+    error: type[Exception],
+    match: str,
+) -> None:
+    extension = fake_extension(scripted=[answer])
+    with pytest.raises(error, match=match):
+        LambdaExtensionProvider("x", port=extension.port).fetch()
+
+
+def test_an_answer_holding_a_bad_value_never_quotes_it(
+    fake_extension: Callable[..., Any],
+) -> None:
+    secret = "LEAKCHECK-extension-0123456789"
+    body = json.dumps({"SecretString": f"sk_live_{secret}", "VersionId": "v"}).encode()
+    binary = json.dumps({"SecretBinary": base64.b64encode(b"\xff" + secret.encode()).decode()})
+    extension = fake_extension(scripted=[(200, body), (200, binary.encode())])
+    provider = LambdaExtensionProvider("x", port=extension.port)
+    for _ in range(2):
+        with pytest.raises(InvalidKeyFormatError) as info:
+            provider.fetch()
+        assert_no_secret(secret, str(info.value), repr(info.value))
+
+
+# ---------------------------------------------------------------------- after a rejection
+
+
+def test_after_a_rejection_refresh_now_gets_past_the_extension_cache(
+    extension: Any, sm: Any, secret_name: str, put: Callable[..., str]
+) -> None:
+    put(sm, secret_name, SecretString=KEY_A)
+    provider = LambdaExtensionProvider(secret_name, port=extension.port)
+    old = provider.fetch()
+    put(sm, secret_name, SecretString=KEY_B)
+    assert provider.fetch() == old  # the extension's cache still holds it
+    provider.on_rejected(old)
+    assert provider.fetch().reveal() == KEY_B
+    assert provider.fetch().reveal() == KEY_B
+    assert [r.params.get("refreshNow") for r in extension.requests] == [None, None, "true", None]
+
+
+def test_refresh_now_ignored_falls_back_to_a_direct_read(
+    fake_extension: Callable[..., Any],
+    sm: Any,
+    secret_name: str,
+    put: Callable[..., str],
+    moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto_endpoint)
+    extension = fake_extension(honour_refresh_now=False)
+    put(sm, secret_name, SecretString=KEY_A)
+    provider = LambdaExtensionProvider(secret_name, port=extension.port)
+    old = provider.fetch()
+    version = put(sm, secret_name, SecretString=KEY_B)
+    provider.on_rejected(old)
+    fresh = asyncio.run(provider.afetch())
+    assert (fresh.reveal(), fresh.version) == (KEY_B, version)
+    assert fresh.source == f"aws-sm:{secret_name}"  # it says where it really came from
+    assert provider.fetch() == old  # later fetches go through the extension again
+
+
+def test_a_400_to_refresh_now_is_retried_without_it(
+    fake_extension: Callable[..., Any],
+    sm: Any,
+    secret_name: str,
+    put: Callable[..., str],
+    moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto_endpoint)
+    put(sm, secret_name, SecretString=KEY_A)
+    extension = fake_extension()
+    provider = LambdaExtensionProvider(secret_name, port=extension.port)
+    provider.on_rejected(provider.fetch())
+    put(sm, secret_name, SecretString=KEY_B)
+    extension.scripted.append((400, b"unknown query parameter refreshNow"))
+    # The extension refused refreshNow: the provider asks again without it, gets the
+    # cached (rejected) key, and reads Secrets Manager directly.
+    assert provider.fetch().reveal() == KEY_B
+    assert [r.params.get("refreshNow") for r in extension.requests][-2:] == ["true", None]
+
+
+def test_without_boto3_a_stale_extension_answer_is_returned_with_a_warning(
+    fake_extension: Callable[..., Any],
+    sm: Any,
+    secret_name: str,
+    put: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "boto3" else real_find_spec(name, *a),
+    )
+    extension = fake_extension(honour_refresh_now=False)
+    put(sm, secret_name, SecretString=KEY_A)
+    provider = LambdaExtensionProvider(secret_name, port=extension.port)
+    old = provider.fetch()
+    provider.on_rejected(old)
+    with caplog.at_level("WARNING", logger="scaling_credentials.aws"):
+        assert provider.fetch() == old
+    assert "boto3 is not installed" in caplog.text
+    assert_no_secret(KEY_A, caplog.text)
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+def test_port_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert LambdaExtensionProvider("x").port == 2773
+    monkeypatch.setenv("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", "2999")
+    provider = LambdaExtensionProvider("x")
+    assert (provider.port, provider.url) == (2999, "http://localhost:2999")
+    assert provider.describe() == "aws-lambda-extension:x?port=2999"
+    monkeypatch.setenv("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", "99999")
+    with pytest.raises(ConfigurationError, match="PARAMETERS_SECRETS_EXTENSION_HTTP_PORT"):
+        LambdaExtensionProvider("x")
+
+
+def test_bad_arguments_are_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError, match="secret_id"):
+        LambdaExtensionProvider("")
+    with pytest.raises(ConfigurationError, match="looks like an API key") as info:
+        LambdaExtensionProvider(KEY_A)
+    assert_no_secret(KEY_A, str(info.value))
+    with pytest.raises(ConfigurationError, match="port"):
+        LambdaExtensionProvider("x", port=0)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        LambdaExtensionProvider("x", timeout=0)
+
+
+def test_fetching_through_the_extension_never_imports_boto3(
+    extension: Any, sm: Any, secret_name: str, put: Callable[..., str]
+) -> None:
+    put(sm, secret_name, SecretString=KEY_A)
+    code = (
+        "import sys\n"
+        "from scaling_credentials_aws import LambdaExtensionProvider\n"
+        f"key = LambdaExtensionProvider({secret_name!r}, port={extension.port}).fetch()\n"
+        f"assert key.reveal() == {KEY_A!r}\n"
+        "loaded = sorted(m for m in ('boto3', 'botocore') if m in sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
