@@ -146,6 +146,7 @@ class SecretVolume:
         self.directory = directory
         self.name = name
         self._generation = 0
+        self._current: Path | None = None
         self._previous: Path | None = None
         self._symlinks = True
 
@@ -179,9 +180,10 @@ class SecretVolume:
         os.replace(tmp_link, self.directory / "..data")
         if not self.path.is_symlink():
             self.path.symlink_to(Path("..data") / self.name)
-        # Keep one old generation: a reader that resolved ..data just before the swap may
-        # still be opening the file inside it.
-        old, self._previous = self._previous, version_dir
+        # Keep the generation just swapped out: a reader that resolved ..data just before
+        # the swap may still be opening the file inside it. Remove the one before it.
+        old, self._previous = self._previous, self._current
+        self._current = version_dir
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
