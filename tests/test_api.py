@@ -230,12 +230,6 @@ def test_request_id_falls_back_to_the_header_for_a_documented_body_without_one()
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="contract deviation: for a body that is not the documented JSON the contract wants "
-    "request_id None, but raise_for_scaling_error falls back to the X-Request-Id header (a "
-    "proxy's own id there would be quoted to Scaling support as theirs)",
-)
 def test_html_proxy_answer_with_an_x_request_id_header_has_no_request_id() -> None:
     error = error_of(answer(502, b"<html>Bad Gateway</html>", {"X-Request-Id": "proxy-id"}))
     assert error.request_id is None

@@ -100,11 +100,6 @@ def test_env_provider_bad_value_has_no_secret() -> None:
     assert_no_secret(MARKER, rendered(info.value))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core gap: EnvProvider does not prefix InvalidKeyFormatError with its description "
-    "(FileProvider does), so the message does not say which variable holds the bad value",
-)
 def test_env_provider_bad_value_names_the_variable() -> None:
     provider = EnvProvider("MY_SERVICE_KEY", environ={"MY_SERVICE_KEY": "  "})
     with pytest.raises(InvalidKeyFormatError) as info:

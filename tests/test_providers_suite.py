@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,8 @@ class TestEnvProvider(ProviderTests):
     VAR = "SCALING_TEST_SUITE_KEY"
 
     @pytest.fixture(autouse=True)
-    def _clean(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    def _clean(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.monkeypatch = monkeypatch
-        yield
 
     def make_provider(self) -> Provider:
         return EnvProvider(self.VAR)

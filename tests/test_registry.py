@@ -124,11 +124,6 @@ def test_a_pasted_key_is_not_echoed(pasted: str) -> None:
     assert_no_secret(MARKER, rendered(info.value))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a key pasted after a valid scheme (env:scl_live_...) is accepted as the "
-    "variable/path name and then echoed by describe() and by every fetch error",
-)
 @pytest.mark.parametrize(
     "uri", [f"env:{KEY}", f"file:{KEY}", f"file:/p?field={KEY}"], ids=["env", "file", "field"]
 )
@@ -141,7 +136,6 @@ def test_a_key_pasted_after_a_scheme_is_refused_without_echo(uri: str) -> None:
 def test_parameter_value_is_not_echoed_for_an_unknown_parameter() -> None:
     with pytest.raises(ConfigurationError) as info:
         provider_from_uri(f"env:X?token={KEY}")
-    assert "token" in str(info.value)
     assert_no_secret(MARKER, rendered(info.value))
 
 

@@ -81,7 +81,11 @@ def raise_for_scaling_error(response: httpx.Response) -> httpx.Response:
     if 200 <= response.status_code < 300:
         return response
     body = parse_error_body(_body_if_small(response))
-    request_id = body.request_id or response.headers.get("x-request-id")
+    request_id = body.request_id
+    if request_id is None and (body.type or body.code):
+        # The documented body without its requestId: the header is the API's own. For any
+        # other body (a proxy's HTML page) a header id would be the proxy's, not Scaling's.
+        request_id = response.headers.get("x-request-id")
     parts = [f"Scaling API answered {response.status_code}"]
     if body.type or body.code:
         parts.append(" " + "/".join(p for p in (body.type, body.code) if p))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from ._errors import ConfigurationError, SecretNotFoundError
+from ._errors import ConfigurationError, InvalidKeyFormatError, SecretNotFoundError
 from ._key import ApiKey
 from ._provider import Provider
 from ._registry import SourceURI
@@ -41,7 +41,10 @@ class EnvProvider(Provider):
             raise SecretNotFoundError(
                 f"environment variable {self.name} is not set", provider=self.describe()
             )
-        return ApiKey(value, source=self.describe())
+        try:
+            return ApiKey(value, source=self.describe())
+        except InvalidKeyFormatError as exc:
+            raise InvalidKeyFormatError(f"{self.describe()}: {exc}") from None
 
     async def afetch(self) -> ApiKey:
         return self.fetch()  # a dictionary lookup: no need for a thread

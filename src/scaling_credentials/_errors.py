@@ -92,3 +92,19 @@ class ScalingAPIError(ScalingCredentialsError):
         self.code = code
         self.request_id = request_id
         self.response = response
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Picklable for process pools, without the response: its request carries the
+        # Authorization header.
+        return (
+            _rebuild_api_error,
+            (str(self), self.status_code, self.type, self.code, self.request_id),
+        )
+
+
+def _rebuild_api_error(
+    message: str, status_code: int, type_: str | None, code: str | None, request_id: str | None
+) -> ScalingAPIError:
+    return ScalingAPIError(
+        message, status_code=status_code, type=type_, code=code, request_id=request_id
+    )

@@ -59,6 +59,13 @@ class SourceURI:
         if not isinstance(uri, str):
             raise ConfigurationError(f"a source URI must be a str, got {type(uri).__name__}")
         text = uri.strip()
+        if "scl_live_" in text:
+            # A key pasted where its source belongs would be echoed by describe() and by
+            # every error that names the source: refuse it here, without quoting it.
+            raise ConfigurationError(
+                "the source URI contains an API key (scl_live_...); a source URI says where "
+                "the key is (env:NAME, file:/path, aws-sm:ID, vault:PATH), never the key itself"
+            )
         scheme, sep, rest = text.partition(":")
         if not sep or not scheme or not _is_scheme(scheme):
             raise ConfigurationError(
@@ -157,6 +164,14 @@ def _load_factory(scheme: str) -> Callable[[SourceURI], Provider]:
             f"provider registers its scheme in the {ENTRY_POINT_GROUP!r} entry-point group"
         )
     ep = candidates[0]
+    if scheme in FIRST_PARTY_SCHEMES and len(candidates) > 1:
+        # A plugin must not shadow a first-party scheme by sys.path order.
+        owner = FIRST_PARTY_SCHEMES[scheme][0]
+        for candidate in candidates:
+            dist = getattr(candidate, "dist", None)
+            if dist is not None and dist.metadata["Name"] == owner:
+                ep = candidate
+                break
     try:
         factory = ep.load()
     except Exception as exc:  # one broken plugin must not break the others
