@@ -191,3 +191,19 @@ def test_namespace_is_sent(bao: Any, bao_root: hvac.Client, vault_env: pytest.Mo
     outside = VaultProvider("scaling/app", url=bao.url)
     with pytest.raises(SecretNotFoundError):
         outside.fetch()
+
+
+def test_openbao_variable_names_are_read_too(
+    bao: Any, bao_root: hvac.Client, secret_path: str, vault_env: pytest.MonkeyPatch
+) -> None:
+    key = good_value("bao")
+    bao_root.secrets.kv.v2.create_or_update_secret(path=secret_path, secret={"api_key": key})
+    vault_env.setenv("BAO_ADDR", bao.url)
+    vault_env.setenv("BAO_TOKEN", bao.root_token)
+    vault_env.setenv("BAO_NAMESPACE", "")  # empty means unset
+    provider = vault(f"vault:{secret_path}")
+    assert provider.url == bao.url
+    assert provider.namespace is None
+    assert provider.fetch().reveal() == key
+    vault_env.setenv("VAULT_ADDR", "http://127.0.0.1:1")  # VAULT_* wins
+    assert vault(f"vault:{secret_path}").url == "http://127.0.0.1:1"

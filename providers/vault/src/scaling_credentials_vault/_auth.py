@@ -119,6 +119,17 @@ def read_credential_file(path: str, what: str, hint: str = "") -> str:
     return text
 
 
+def vault_env(suffix: str, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``VAULT_<suffix>``, else OpenBao's ``BAO_<suffix>``: ``(value, variable)``, or
+    ``("", "")`` when neither is set."""
+    env = os.environ if environ is None else environ
+    for name in (f"VAULT_{suffix}", f"BAO_{suffix}"):
+        value = env.get(name, "").strip()
+        if value:
+            return value, name
+    return "", ""
+
+
 def _check_mount(mount_point: str, cls: str) -> str:
     if not isinstance(mount_point, str) or not mount_point.strip("/"):
         raise ConfigurationError(f"{cls} needs a non-empty mount_point")
@@ -167,7 +178,8 @@ class VaultAuth(abc.ABC):
 
 class TokenAuth(VaultAuth):
     """A Vault token: given, read from ``token_file``, or (with neither) from the
-    environment at each login: ``VAULT_TOKEN``, else the file named by
+    environment at each login: ``VAULT_TOKEN`` (or OpenBao's ``BAO_TOKEN``), else the file
+    named by
     ``VAULT_TOKEN_FILE``, else ``~/.vault-token`` (what ``vault login`` / ``bao login``
     write).
 
@@ -208,8 +220,9 @@ class TokenAuth(VaultAuth):
         if self.token_file is not None:
             return f"read from {self.token_file}"
         env = os.environ if self._environ is None else self._environ
-        if env.get("VAULT_TOKEN", "").strip():
-            return "VAULT_TOKEN"
+        value, name = vault_env("TOKEN", env)
+        if value:
+            return name
         if env.get("VAULT_TOKEN_FILE", "").strip():
             return f"read from {env['VAULT_TOKEN_FILE'].strip()} (VAULT_TOKEN_FILE)"
         return "read from ~/.vault-token"
@@ -221,7 +234,7 @@ class TokenAuth(VaultAuth):
         if self.token_file is not None:
             return read_credential_file(self.token_file, "Vault token")
         env = os.environ if self._environ is None else self._environ
-        value = env.get("VAULT_TOKEN", "").strip()
+        value, _ = vault_env("TOKEN", env)
         if value:
             return value
         path = env.get("VAULT_TOKEN_FILE", "").strip()

@@ -52,6 +52,7 @@ from ._auth import (
     TokenAuth,
     VaultAuth,
     VaultToken,
+    vault_env,
 )
 from ._errors import VaultCallError, call
 
@@ -125,7 +126,8 @@ class VaultProvider(Provider):
     * ``kv_version``: 2 (versioned KV, the default; the key's ``version`` is the KV
       version) or 1.
     * ``url``: the server's address; default ``VAULT_ADDR``. ``namespace``: default
-      ``VAULT_NAMESPACE`` (Vault Enterprise / OpenBao namespaces).
+      ``VAULT_NAMESPACE`` (Vault Enterprise / OpenBao namespaces). OpenBao's ``BAO_*``
+      spellings of these variables are read when the ``VAULT_*`` ones are not set.
     * ``auth``: a :class:`VaultAuth`; default :class:`TokenAuth` reading ``VAULT_TOKEN``,
       ``VAULT_TOKEN_FILE`` or ``~/.vault-token`` (or the token of ``client``, if it has
       one).
@@ -206,10 +208,10 @@ class VaultProvider(Provider):
             if auth is None and isinstance(token, str) and token:
                 auth = TokenAuth(token)
         else:
-            address = url if url is not None else os.environ.get("VAULT_ADDR", "").strip()
+            address = url if url is not None else vault_env("ADDR")[0]
             if not isinstance(address, str) or not address:
                 raise ConfigurationError(
-                    "VaultProvider needs Vault's address: set VAULT_ADDR "
+                    "VaultProvider needs Vault's address: set VAULT_ADDR (or BAO_ADDR) "
                     "(e.g. https://vault.example.com:8200) or pass url="
                 )
             parts = urlsplit(address)
@@ -226,15 +228,10 @@ class VaultProvider(Provider):
                     _safe_url(self.url),
                 )
             self.namespace = (
-                namespace
-                if namespace is not None
-                else (os.environ.get("VAULT_NAMESPACE", "").strip() or None)
+                namespace if namespace is not None else (vault_env("NAMESPACE")[0] or None)
             )
             if verify is True:
-                ca = (
-                    os.environ.get("VAULT_CACERT", "").strip()
-                    or os.environ.get("VAULT_CAPATH", "").strip()
-                )
+                ca = vault_env("CACERT")[0] or vault_env("CAPATH")[0]
                 self.verify = ca or True
             elif isinstance(verify, (bool, str)):
                 self.verify = verify
