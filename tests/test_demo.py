@@ -48,7 +48,7 @@ def test_secret_volume_readers_never_see_a_missing_or_partial_key(tmp_path: Path
     volume = SecretVolume(tmp_path)
     volume.write(good_value("start"))
     provider = FileProvider(volume.path)
-    valid = {good_value("start"), *(good_value(f"k{n}") for n in range(200))}
+    valid = {good_value("start"), *(good_value(f"k{n}") for n in range(50))}
     stop = threading.Event()
     seen: list[str] = []
     errors: list[BaseException] = []
@@ -63,11 +63,11 @@ def test_secret_volume_readers_never_see_a_missing_or_partial_key(tmp_path: Path
                 errors.append(exc)
                 return
 
-    threads = [threading.Thread(target=reader) for _ in range(3)]
+    threads = [threading.Thread(target=reader) for _ in range(2)]
     for thread in threads:
         thread.start()
     try:
-        for n in range(200):
+        for n in range(50):
             volume.write(good_value(f"k{n}"))
     finally:
         stop.set()
