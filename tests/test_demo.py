@@ -154,6 +154,7 @@ def test_summary_shows_both_runs_and_the_verdict() -> None:
     assert "with scaling-credentials" in text
     assert "static key (read once)" in text
     assert "1,200" in text and "640" in text
+    assert text.splitlines()[0].startswith("Key rotation under load: 4 threads + 8 asyncio tasks")
     assert text.splitlines()[-1].startswith("OK: none of 1,200 requests failed across 2 rotations")
     assert "failed 640 of 1,000 (64%)" in text
     document = report.as_json()
@@ -178,3 +179,18 @@ def test_progress_goes_plain_when_piped() -> None:
     progress.update("first", final=True)
     progress.update("second", final=True)
     assert stream.getvalue() == "first\nsecond\n"
+
+
+def test_progress_is_one_live_line_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scaling_credentials._demo import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("TERM", "xterm")
+    stream = Terminal()
+    progress = _Progress(stream)
+    progress.update("a long first line")
+    progress.update("short", final=True)
+    assert stream.getvalue() == "\ra long first line\rshort            \n"

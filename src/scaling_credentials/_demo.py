@@ -472,9 +472,10 @@ def run_demo(options: DemoOptions, progress_stream: TextIO | None = sys.stderr) 
         progress.note(
             f"Fake Scaling API on {api.url}; key file {volume.path} (a Kubernetes-style "
             "secret volume).\n"
-            f"{options.threads} threads and {options.tasks} asyncio tasks send "
-            f"GET {PATH} for {options.duration:g} s while the key is rotated "
-            f"{options.rotations} times (new key written to the file, old key revoked)."
+            f"{_plural(options.threads, 'thread')} and {_plural(options.tasks, 'asyncio task')} "
+            f"send GET {PATH} for {options.duration:g} s while the key is rotated "
+            f"{_plural(options.rotations, 'time')} (new key written to the file, old key "
+            "revoked)."
         )
         library = _library_run(api, volume, options, progress)
         static = _static_run(api, volume, options, progress)
@@ -555,9 +556,9 @@ def _run_with_source(options: DemoOptions, source: str, progress: _Progress) -> 
         progress.note(
             f"Fake Scaling API on {api.url}, accepting the key {provider.describe()} holds "
             f"now ({key.masked}).\n"
-            f"{options.threads} threads and {options.tasks} asyncio tasks send GET {PATH} for "
-            f"{options.duration:g} s; the key is refetched every ~{ttl:g} s (no rotation: "
-            "the demo cannot rotate a real backend)."
+            f"{_plural(options.threads, 'thread')} and {_plural(options.tasks, 'asyncio task')} "
+            f"send GET {PATH} for {options.duration:g} s; the key is refetched every "
+            f"~{ttl:g} s (no rotation: the demo cannot rotate a real backend)."
         )
         result = _run_load(
             "with scaling-credentials",
@@ -572,6 +573,10 @@ def _run_with_source(options: DemoOptions, source: str, progress: _Progress) -> 
 
 
 # --------------------------------------------------------------------------- summary
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
 def _ms(value: float | None) -> str:
@@ -599,8 +604,18 @@ def format_summary(report: DemoReport) -> str:
         ]
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "  ".join("-" * w for w in widths))
+    options = report.options
+    workers = f"{_plural(options.threads, 'thread')} + {_plural(options.tasks, 'asyncio task')}"
+    if report.static is not None:
+        title = (
+            f"Key rotation under load: {workers}, {options.duration:g} s per run, "
+            f"key rotated {_plural(report.library.rotations, 'time')} (old key revoked at once)"
+        )
+    else:
+        title = f"Load through {report.source}: {workers}, {options.duration:g} s"
+    lines[:0] = [title, ""]
     lib = report.library
-    rotations = f"{lib.rotations} rotation{'s' if lib.rotations != 1 else ''}"
+    rotations = _plural(lib.rotations, "rotation")
     lines.append("")
     if report.ok:
         verdict = f"OK: none of {lib.requests:,} requests failed"
