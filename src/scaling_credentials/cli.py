@@ -253,7 +253,8 @@ def _resolved_json(resolved: _Resolved) -> dict[str, Any]:
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
+    ms = seconds * 1000
+    return f"{ms:.2f} ms" if ms < 1 else f"{ms:.1f} ms"
 
 
 # --------------------------------------------------------------------------- resolve
