@@ -512,3 +512,23 @@ def test_exit_code_mapping() -> None:
     assert exit_code_for(SecretNotFoundError("x")) == 2
     assert exit_code_for(ProviderError("x")) == 1
     assert exit_code_for(ProviderTimeoutError("x")) == 1
+
+
+def test_providers_says_what_to_install_for_missing_first_party_schemes(
+    run_main: RunMain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scaling_credentials import _registry
+
+    core_only = [s for s in _registry.installed_schemes() if s.scheme in ("env", "file")]
+    monkeypatch.setattr(_registry, "installed_schemes", lambda: core_only)
+    text = run_main("providers")
+    assert text.returncode == 0
+    assert "Not installed (first-party):" in text.stdout
+    assert "aws-sm                pip install 'scaling-credentials[aws]'" in text.stdout
+    assert "vault                 pip install 'scaling-credentials[vault]'" in text.stdout
+    document = json.loads(run_main("providers", "--json").stdout)
+    assert {item["scheme"] for item in document["missing"]} == {
+        "aws-sm",
+        "aws-lambda-extension",
+        "vault",
+    }
