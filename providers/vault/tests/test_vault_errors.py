@@ -279,6 +279,8 @@ def test_missing_address_is_a_configuration_error(vault_env: pytest.MonkeyPatch)
         {"path": "scaling/app", "mount_point": "/"},
         {"path": "scaling/app", "timeout": 0},
         {"path": "scaling/app", "auth": "s.token"},
+        {"path": "scaling/app", "verify": ""},
+        {"path": "scaling/app", "verify": 1},
     ],
 )
 def test_bad_arguments(options: dict[str, Any], vault_env: pytest.MonkeyPatch) -> None:

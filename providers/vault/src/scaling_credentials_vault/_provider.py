@@ -233,7 +233,8 @@ class VaultProvider(Provider):
             if verify is True:
                 ca = vault_env("CACERT")[0] or vault_env("CAPATH")[0]
                 self.verify = ca or True
-            elif isinstance(verify, (bool, str)):
+            elif isinstance(verify, bool) or (isinstance(verify, str) and verify.strip()):
+                # An empty string would quietly turn verification off in requests.
                 self.verify = verify
             else:
                 raise ConfigurationError(
@@ -403,7 +404,7 @@ class VaultProvider(Provider):
             if (
                 ttl is not None
                 and ttl > 0
-                and now - session.obtained_at >= ttl * (RENEW_AFTER_FRACTION)
+                and now - session.obtained_at >= ttl * RENEW_AFTER_FRACTION
             ):
                 return self._refresh_locked(session, now)
             if session.client is None:  # rebuilt lazily after a fork
