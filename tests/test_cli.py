@@ -532,3 +532,18 @@ def test_providers_says_what_to_install_for_missing_first_party_schemes(
         "aws-lambda-extension",
         "vault",
     }
+
+
+def test_check_server_error_without_json_body_exits_1(
+    api: FakeScalingAPI, run_main: RunMain
+) -> None:
+    from scaling_credentials.testing import ScriptedResponse
+
+    key = api.issue_key()
+    api.script(ScriptedResponse(502, b"<html>bad gateway</html>", content_type="text/html"))
+    proc = run_main("check", "--base-url", api.url, env={"SCALING_API_KEY": key})
+    assert proc.returncode == 1
+    assert "answered 502 no error code" in proc.stdout
+    assert "try again later" in proc.stdout
+    assert api.requests[-1].request_id in proc.stdout  # from the X-Request-Id header
+    no_secret(key, proc)

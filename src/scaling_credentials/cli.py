@@ -171,8 +171,8 @@ def _hint(error: BaseException) -> str:
 
 def _run_bounded(work: Callable[[], _T], timeout: float) -> tuple[bool, _T | None]:
     """Run ``work`` in a daemon thread for at most ``timeout`` seconds: ``(True, result)``,
-    or ``(False, None)`` when it did not finish (the thread is abandoned: the process is
-    about to exit). Its exception, if any, is raised here."""
+    or ``(False, None)`` when it did not finish (the thread is abandoned; its own timeouts
+    end it later). Its exception, if any, is raised here."""
     box: list[tuple[bool, Any]] = []
 
     def target() -> None:
@@ -312,6 +312,7 @@ class _CheckState:
     resolved: _Resolved | None = None
     response: httpx.Response | None = None
     error: BaseException | None = None
+    request_started: float | None = None
     request_seconds: float = 0.0
 
 
@@ -339,7 +340,7 @@ def _do_check(args: argparse.Namespace, base_url: httpx.URL, state: _CheckState)
         timeout=httpx.Timeout(remaining),
         follow_redirects=False,
     ) as client:
-        started = time.perf_counter()
+        state.request_started = started = time.perf_counter()
         try:
             state.response = client.get(CHECK_PATH)
         except httpx.HTTPError as exc:
@@ -365,6 +366,8 @@ def _cmd_check(args: argparse.Namespace, out: _Out) -> int:
         )
     resolved = state.resolved
     assert resolved is not None
+    if not finished and state.request_started is not None:
+        state.request_seconds = time.perf_counter() - state.request_started
     response = state.response
     document: dict[str, Any] = {
         **_resolved_json(resolved),
@@ -416,11 +419,18 @@ def _cmd_check(args: argparse.Namespace, out: _Out) -> int:
                     else ": the API did not accept the Authorization header"
                 )
                 code = EXIT_FAILED
+            elif response.is_redirect:
+                where = _one_line(response.headers.get("location", ""))[:120] or "elsewhere"
+                verdict += f": redirected to {where}; check --base-url"
+                code = EXIT_CONFIG
             elif response.status_code == 404:
                 verdict += ": the path does not exist; check --base-url (it ends in /v1)"
                 code = EXIT_CONFIG
+            elif response.status_code >= 500:
+                verdict += ": the API could not answer; the key may be fine, try again later"
+                code = EXIT_FAILED
             else:
-                verdict += ": the API could not answer; the key may be fine, try again"
+                verdict += ": an unexpected answer; check --base-url and any proxy in between"
                 code = EXIT_FAILED
             document.update(ok=False, error=body.code or f"http_{response.status_code}")
     document["exit_code"] = code
