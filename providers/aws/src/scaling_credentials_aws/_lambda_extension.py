@@ -23,6 +23,7 @@ import os
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,7 @@ class LambdaExtensionProvider(Provider):
         self._client_pid: int | None = None
         self._rejected: ApiKey | None = None
         self._direct: Provider | None = None
+        _providers.add(self)
 
     @classmethod
     def from_uri(cls, uri: SourceURI) -> LambdaExtensionProvider:
@@ -468,3 +470,17 @@ def _aws_error(body: bytes) -> tuple[str, str]:
     if not isinstance(code, str) or not isinstance(message, str):
         return "", ""
     return code, message
+
+
+_providers: weakref.WeakSet[LambdaExtensionProvider] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by a parent thread at fork time would stay held in the child; the
+    # parent's connections are left alone (the pid check builds a new client).
+    for provider in list(_providers):
+        provider._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
