@@ -237,6 +237,20 @@ def test_after_a_rejection_refresh_now_gets_past_the_extension_cache(
     assert [r.params.get("refreshNow") for r in extension.requests] == [None, None, "true", None]
 
 
+def test_a_failed_fetch_after_a_rejection_keeps_asking_for_a_refresh(
+    extension: Any, sm: Any, secret_name: str, put: Callable[..., str]
+) -> None:
+    put(sm, secret_name, SecretString=KEY_A)
+    provider = LambdaExtensionProvider(secret_name, port=extension.port)
+    provider.on_rejected(provider.fetch())
+    put(sm, secret_name, SecretString=KEY_B)
+    extension.scripted.append((502, b"bad gateway"))
+    with pytest.raises(ProviderError, match="502"):
+        provider.fetch()
+    assert provider.fetch().reveal() == KEY_B
+    assert [r.params.get("refreshNow") for r in extension.requests] == [None, "true", "true"]
+
+
 def test_refresh_now_ignored_falls_back_to_a_direct_read(
     fake_extension: Callable[..., Any],
     sm: Any,

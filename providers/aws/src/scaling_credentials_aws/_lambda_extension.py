@@ -190,6 +190,14 @@ class LambdaExtensionProvider(Provider):
             rejected, self._rejected = self._rejected, None
         return rejected
 
+    def _restore_rejected(self, rejected: ApiKey | None) -> None:
+        # A failed fetch must not lose the "get past the cache" request: the next one
+        # (the cache retries with backoff) still needs it.
+        if rejected is not None:
+            with self._lock:
+                if self._rejected is None:
+                    self._rejected = rejected
+
     def _direct_provider(self) -> Provider | None:
         with self._lock:
             if self._direct is not None:
@@ -385,12 +393,16 @@ class LambdaExtensionProvider(Provider):
     def fetch(self) -> ApiKey:
         rejected = self._take_rejected()
         try:
-            document = self._exchange(refresh_now=rejected is not None)
-        except _RefreshNowRefused:
-            document = self._exchange(refresh_now=False)
-        key = self._to_key(document)
-        direct = self._after_fresh_read(key, rejected)
-        return direct.fetch() if direct is not None else key
+            try:
+                document = self._exchange(refresh_now=rejected is not None)
+            except _RefreshNowRefused:
+                document = self._exchange(refresh_now=False)
+            key = self._to_key(document)
+            direct = self._after_fresh_read(key, rejected)
+            return direct.fetch() if direct is not None else key
+        except BaseException:
+            self._restore_rejected(rejected)
+            raise
 
     # ------------------------------------------------------------------ async driver
 
@@ -427,12 +439,16 @@ class LambdaExtensionProvider(Provider):
     async def afetch(self) -> ApiKey:
         rejected = self._take_rejected()
         try:
-            document = await self._aexchange(refresh_now=rejected is not None)
-        except _RefreshNowRefused:
-            document = await self._aexchange(refresh_now=False)
-        key = self._to_key(document)
-        direct = self._after_fresh_read(key, rejected)
-        return await direct.afetch() if direct is not None else key
+            try:
+                document = await self._aexchange(refresh_now=rejected is not None)
+            except _RefreshNowRefused:
+                document = await self._aexchange(refresh_now=False)
+            key = self._to_key(document)
+            direct = self._after_fresh_read(key, rejected)
+            return await direct.afetch() if direct is not None else key
+        except BaseException:
+            self._restore_rejected(rejected)
+            raise
 
     def _timeout(self, exc: Exception) -> ProviderError:
         desc = self.describe()
