@@ -169,6 +169,12 @@ def test_summary_names_failures() -> None:
     last = format_summary(report).splitlines()[-1]
     assert last.startswith("FAILED: 3 of 1,200 requests failed (HTTP 401 invalid_api_key x3)")
     assert report.as_json()["static"] is None
+    with_contrast = format_summary(_report(failures=3)).splitlines()
+    assert with_contrast[-2].startswith("FAILED: 3 of 1,200")
+    assert (
+        "held up across two rotations (1.00 s apart here; the slowest took 4 ms)"
+        in (with_contrast[-1])
+    )
 
 
 def test_progress_goes_plain_when_piped() -> None:

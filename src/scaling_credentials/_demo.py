@@ -58,7 +58,7 @@ class DemoOptions:
     duration: float = 4.0
     threads: int = 4
     tasks: int = 8
-    rotations: int = 4
+    rotations: int = 3
     source: str | None = None
 
 
@@ -100,6 +100,7 @@ class RunResult:
             "failure_reasons": dict(sorted(self.failure_reasons.items())),
             "p50_ms": None if p50 is None else round(p50, 3),
             "p99_ms": None if p99 is None else round(p99, 3),
+            "max_ms": round(max(self.latencies) * 1000, 3) if self.latencies else None,
             "duration_s": round(self.duration, 3),
         }
 
@@ -635,4 +636,11 @@ def format_summary(report: DemoReport) -> str:
     else:
         verdict += f" (source {report.source}; no rotation, no contrast run)."
     lines.append(verdict)
+    if not report.ok and report.static is not None and lib.latencies:
+        interval = options.duration / (options.rotations + 1)
+        lines.append(
+            f"A request fails only when it is held up across two rotations ({interval:.2f} s "
+            f"apart here; the slowest took {max(lib.latencies) * 1000:.0f} ms): on a busy "
+            "machine, use fewer --rotations or a longer --duration."
+        )
     return "\n".join(lines)

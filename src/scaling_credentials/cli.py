@@ -712,10 +712,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--rotations",
         type=_count,
-        default=4,
+        default=3,
         metavar="N",
         action=_RotationsAction,
-        help="key rotations per run, evenly spread (default 4)",
+        help="key rotations per run, evenly spread (default 3)",
     )
     demo.add_argument(
         "--source",
