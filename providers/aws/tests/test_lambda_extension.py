@@ -346,14 +346,18 @@ def test_bad_arguments_are_configuration_errors() -> None:
         LambdaExtensionProvider("x", timeout=0)
 
 
-def test_fetching_through_the_extension_never_imports_boto3(
+def test_importing_the_package_and_fetching_through_the_extension_never_import_boto3(
     extension: Any, sm: Any, secret_name: str, put: Callable[..., str]
 ) -> None:
     put(sm, secret_name, SecretString=KEY_A)
     code = (
         "import sys\n"
-        "from scaling_credentials_aws import LambdaExtensionProvider\n"
-        f"key = LambdaExtensionProvider({secret_name!r}, port={extension.port}).fetch()\n"
+        "import scaling_credentials_aws as aws\n"
+        "from scaling_credentials import provider_from_uri\n"
+        "aws.SecretsManagerProvider('prod/scaling'); provider_from_uri('aws-sm:prod/scaling')\n"
+        "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules\n"
+        f"provider = provider_from_uri('aws-lambda-extension:{secret_name}')\n"
+        f"key = aws.LambdaExtensionProvider({secret_name!r}, port={extension.port}).fetch()\n"
         f"assert key.reveal() == {KEY_A!r}\n"
         "loaded = sorted(m for m in ('boto3', 'botocore') if m in sys.modules)\n"
         "assert not loaded, loaded\n"
