@@ -70,7 +70,8 @@ class SecretsManagerProvider(Provider):
       not even after ``fork``).
     * ``connect_timeout`` / ``read_timeout`` (seconds) and ``max_attempts`` (botocore's
       "standard" retry mode, counting the first try) bound one fetch to roughly
-      ``max_attempts * (connect_timeout + read_timeout)`` plus backoff (< 1 s, then < 2 s).
+      ``max_attempts * (connect_timeout + read_timeout)`` plus backoff (at most 1 s, then
+      2 s, after throttling; tens of milliseconds otherwise): about 27 s by default.
 
     ``SecretString`` is used as is, ``SecretBinary`` is decoded as UTF-8. Errors:
     :class:`SecretNotFoundError` for a missing or deleted secret (or version);
