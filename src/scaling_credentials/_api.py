@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -27,8 +26,7 @@ USER_AGENT = f"scaling-credentials/{__version__} python-httpx/{httpx.__version__
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 
-@dataclass(frozen=True)
-class ErrorBody:
+class ErrorBody(NamedTuple):
     """The documented error body: ``statusCode``, ``type``, ``code``, ``requestId``.
     Each field is ``None`` when absent or not a string."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import asyncio
 
 from ._key import ApiKey
 
@@ -29,6 +28,8 @@ class Provider(abc.ABC):
 
     async def afetch(self) -> ApiKey:
         """Fetch the key without blocking the event loop."""
+        import asyncio  # lazily: importing asyncio costs ~15 ms at cold start
+
         return await asyncio.to_thread(self.fetch)
 
     def describe(self) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qsl, unquote
 
 from ._errors import ConfigurationError
@@ -41,8 +41,7 @@ FIRST_PARTY_SCHEMES: dict[str, tuple[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class SourceURI:
+class SourceURI(NamedTuple):
     """A parsed source URI: ``scheme:path?param=value&...``.
 
     ``path`` is percent-decoded; ``params`` holds each query parameter once. Secrets
@@ -51,7 +50,7 @@ class SourceURI:
 
     scheme: str
     path: str
-    params: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = MappingProxyType({})
 
     @classmethod
     def parse(cls, uri: str) -> SourceURI:
@@ -83,7 +82,7 @@ class SourceURI:
             if name in params:
                 raise ConfigurationError(f"source URI parameter {name!r} is given twice")
             params[name] = value
-        return cls(scheme=scheme.lower(), path=unquote(path), params=params)
+        return cls(scheme=scheme.lower(), path=unquote(path), params=MappingProxyType(params))
 
     def check_params(self, allowed: Iterable[str]) -> None:
         """Raise :class:`ConfigurationError` for any parameter not in ``allowed``."""
@@ -118,8 +117,7 @@ def _shorten(text: str) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-@dataclass(frozen=True)
-class ProviderScheme:
+class ProviderScheme(NamedTuple):
     """An installed provider scheme, as listed by entry points (not imported)."""
 
     scheme: str
