@@ -105,7 +105,7 @@ def machine_lines(packages: Sequence[str] = PACKAGES) -> list[str]:
         f"- Python {platform.python_version()} ({platform.python_implementation()})",
         f"- Packages: {versions}",
         f"- Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"`{' '.join(['python', *sys.argv])}`",
+        f"`python benchmarks/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}`".replace(" `", "`"),
     ]
 
 

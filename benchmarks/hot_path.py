@@ -46,44 +46,37 @@ class MinimalAuth(httpx.Auth):
 
 
 class PrototypeAuth(ScalingAuth):
-    """ScalingAuth with the proposed hot-path changes (a measurement aid, not library code):
-
-    1. the destination check memo is looked up inline (no method call) and keyed on the
-       scheme and host read once;
-    2. the fresh key is read from the cache's immutable snapshot without a call (and, in
-       the async flow, without creating and awaiting a coroutine per request);
-    3. the header is set only through one cached string (no tuple rebuilt per request).
-    Everything after the response (401 handling) is the same as ScalingAuth's.
-    """
-
-    def _fresh_key(self) -> ApiKey | None:
-        cache = self._cache
-        hot = cache._hot
-        if hot is not None and cache._clock() < hot.refresh_at:
-            cache._hits += 1
-            return hot.key
-        return None
-
-    def _enter(self, request: httpx.Request) -> None:
-        url = request.url
-        if (url.scheme, url.host) not in self._checked:
-            self._check(request)
+    """ScalingAuth with the hot path inlined (a measurement aid, not library code): the
+    destination memo lookup, the cache's fresh-snapshot test and the header set are done
+    in the flow itself instead of through ``_check``, ``KeyCache.get``/``aget`` and
+    ``_apply``. The async flow thus creates and awaits no coroutine while the key is
+    fresh. Same behaviour; the 401 path is delegated to ScalingAuth's flow."""
 
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
-        self._enter(request)
-        key = self._fresh_key() or self._cache.get()
+        url = request.url
+        if (url.scheme, url.host) not in self._checked:
+            self._check(request)
+        cache = self._cache
+        hot = cache._hot
+        if hot is not None and cache._clock() < hot.refresh_at:
+            cache._hits += 1
+            key = hot.key
+        else:
+            key = cache.get()
         header = self._header
         if header is None or header[0] is not key:
-            self._apply(request, key)
-        else:
-            request.headers["Authorization"] = header[1]
+            header = self._header = (key, "Bearer " + key.reveal())
+        request.headers["Authorization"] = header[1]
         response = yield request
-        if response.status_code != 401:
-            return
-        # The rare path: exactly ScalingAuth's.
-        flow = super().sync_auth_flow(request)
+        if response.status_code == 401:
+            yield from self._after_401(request, response, key)
+
+    def _after_401(
+        self, request: httpx.Request, response: httpx.Response, key: ApiKey
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        flow = super().sync_auth_flow(request)  # the rare path: ScalingAuth's own
         next(flow)
         try:
             retry = flow.send(response)
@@ -94,17 +87,24 @@ class PrototypeAuth(ScalingAuth):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        self._enter(request)
-        key = self._fresh_key() or await self._cache.aget()
+        url = request.url
+        if (url.scheme, url.host) not in self._checked:
+            self._check(request)
+        cache = self._cache
+        hot = cache._hot
+        if hot is not None and cache._clock() < hot.refresh_at:
+            cache._hits += 1
+            key = hot.key
+        else:
+            key = await cache.aget()
         header = self._header
         if header is None or header[0] is not key:
-            self._apply(request, key)
-        else:
-            request.headers["Authorization"] = header[1]
+            header = self._header = (key, "Bearer " + key.reveal())
+        request.headers["Authorization"] = header[1]
         response = yield request
         if response.status_code != 401:
             return
-        flow = super().async_auth_flow(request)
+        flow = super().async_auth_flow(request)  # the rare path: ScalingAuth's own
         await flow.__anext__()
         try:
             retry = await flow.asend(response)
@@ -177,50 +177,53 @@ def async_variants(
 
 
 def components(number: int) -> list[tuple[str, float]]:
-    """Per-call cost (ns) of the steps ScalingAuth adds, measured in isolation."""
+    """Per-call cost (ns) of the steps ScalingAuth adds, each timed alone."""
     auth = warm_auth(ScalingAuth)
-    proto = warm_auth(PrototypeAuth)
-    assert isinstance(proto, PrototypeAuth)
+    cache = auth.cache
     request = httpx.Request("GET", URL)
-    key = auth.cache.get()
+    key = cache.get()
     header = f"Bearer {KEY}"
+
+    def snapshot() -> ApiKey | None:
+        hot = cache._hot
+        return hot.key if hot is not None and cache._clock() < hot.refresh_at else None
+
     steps: list[tuple[str, Callable[[], object]]] = [
         ("empty call (timing floor)", lambda: None),
-        ("destination check: ScalingAuth._check", lambda: auth._check(request)),
-        ("destination check: inline memo lookup (prototype)", lambda: proto._enter(request)),
-        ("KeyCache.get() (warm)", auth.cache.get),
-        ("snapshot read without a call (prototype)", proto._fresh_key),
-        ("ScalingAuth._apply (header set)", lambda: auth._apply(request, key)),
+        ("destination check (`ScalingAuth._check`, memo hit)", lambda: auth._check(request)),
+        ("`KeyCache.get()` (warm)", cache.get),
+        ("fresh-snapshot test inlined (prototype)", snapshot),
+        ("`ScalingAuth._apply` (header set)", lambda: auth._apply(request, key)),
         (
-            "request.headers['Authorization'] = ... (floor)",
+            "`request.headers['Authorization'] = ...` (the floor)",
             lambda: request.headers.__setitem__("Authorization", header),
         ),
     ]
-    loop = asyncio.new_event_loop()
-
-    async def aget_many(n: int) -> float:
-        start = time.perf_counter()
-        aget = auth.cache.aget
-        for _ in range(n):
-            await aget()
-        return time.perf_counter() - start
-
-    async def fresh_many(n: int) -> float:
-        start = time.perf_counter()
-        fresh = proto._fresh_key
-        for _ in range(n):
-            fresh()
-        return time.perf_counter() - start
-
     results: list[tuple[str, float]] = []
     for name, fn in steps:
         best = min(timeit.repeat(fn, number=number, repeat=5)) / number
         results.append((name, best * 1e9))
+
+    loop = asyncio.new_event_loop()
+
+    async def aget_many(n: int) -> float:
+        aget = cache.aget
+        start = time.perf_counter()
+        for _ in range(n):
+            await aget()
+        return time.perf_counter() - start
+
+    async def snapshot_many(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            snapshot()
+        return time.perf_counter() - start
+
     best_aget = min(loop.run_until_complete(aget_many(number)) for _ in range(5)) / number
-    best_fresh = min(loop.run_until_complete(fresh_many(number)) for _ in range(5)) / number
-    results.append(("await KeyCache.aget() (warm)", best_aget * 1e9))
-    results.append(("snapshot read in a coroutine (prototype)", best_fresh * 1e9))
+    best_snap = min(loop.run_until_complete(snapshot_many(number)) for _ in range(5)) / number
     loop.close()
+    results.append(("`await KeyCache.aget()` (warm)", best_aget * 1e9))
+    results.append(("fresh-snapshot test in a coroutine, no await (prototype)", best_snap * 1e9))
     return results
 
 
@@ -237,46 +240,69 @@ def profile(n: int) -> str:
     return profiler.output_text(unicode=True, color=False, show_all=False)
 
 
-def flow_costs(number: int) -> dict[str, float]:
-    """Cost (ns) of one pass through each variant's auth flow, driven by hand (as httpx
-    does: ``next(flow)``, then ``flow.send(response)`` until it stops) with a prebuilt
-    request and a 200 response: the auth's whole per-request cost, without httpx's."""
+def flow_costs(number: int) -> dict[str, tuple[float, float]]:
+    """Cost (ns) of one pass through each variant's auth flow, sync and async, driven by
+    hand as httpx does (``next(flow)`` / ``flow.send(response)`` until it stops) with a
+    prebuilt request and a 200 response: the auth's whole per-request cost without
+    httpx's. Best of 15 interleaved repeats."""
     response = httpx.Response(200, content=BODY)
     auths: dict[str, httpx.Auth] = {
         "static header (httpx's no-auth flow)": httpx.Auth(),
         "minimal httpx.Auth": MinimalAuth(f"Bearer {KEY}"),
         "ScalingAuth": warm_auth(ScalingAuth),
-        "prototype": warm_auth(PrototypeAuth),
+        "prototype (inlined)": warm_auth(PrototypeAuth),
     }
+    loop = asyncio.new_event_loop()
 
-    def one(auth: httpx.Auth) -> Callable[[], None]:
+    def sync_run(auth: httpx.Auth) -> Callable[[], float]:
         request = httpx.Request("GET", URL)
         flow_of = auth.sync_auth_flow
 
-        def run() -> None:
-            flow = flow_of(request)
-            next(flow)
-            try:
-                flow.send(response)
-            except StopIteration:
-                pass
-            flow.close()
+        def run() -> float:
+            start = time.perf_counter()
+            for _ in range(number):
+                flow = flow_of(request)
+                next(flow)
+                try:
+                    flow.send(response)
+                except StopIteration:
+                    pass
+            return time.perf_counter() - start
 
         return run
 
-    runs = {name: one(auth) for name, auth in auths.items()}
-    best = {name: float("inf") for name in runs}
-    for _ in range(7):  # interleaved repeats, best of each
-        for name, run in runs.items():
-            best[name] = min(best[name], timeit.timeit(run, number=number) / number)
-    return {name: t * 1e9 for name, t in best.items()}
+    def async_run(auth: httpx.Auth) -> Callable[[], float]:
+        request = httpx.Request("GET", URL)
+        flow_of = auth.async_auth_flow
+
+        async def many() -> float:
+            start = time.perf_counter()
+            for _ in range(number):
+                flow = flow_of(request)
+                await flow.__anext__()
+                try:
+                    await flow.asend(response)
+                except StopAsyncIteration:
+                    pass
+            return time.perf_counter() - start
+
+        return lambda: loop.run_until_complete(many())
+
+    runs = {name: (sync_run(auth), async_run(auth)) for name, auth in auths.items()}
+    best = {name: [float("inf"), float("inf")] for name in runs}
+    for _ in range(15):
+        for name, (sync_fn, async_fn) in runs.items():
+            best[name][0] = min(best[name][0], sync_fn() / number)
+            best[name][1] = min(best[name][1], async_fn() / number)
+    loop.close()
+    return {name: (s * 1e9, a * 1e9) for name, (s, a) in best.items()}
 
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--profile", action="store_true", help="print a pyinstrument profile")
     args = p.parse_args()
-    rounds, n = (5, 300) if args.quick else (15, 1000)
+    rounds, n = (8, 150) if args.quick else (40, 250)
 
     sync, sync_clients = sync_variants()
     sync_result = interleave(sync, rounds=rounds, n=n)
@@ -290,8 +316,8 @@ def main() -> None:
         loop.run_until_complete(aclient.aclose())
     loop.close()
 
-    parts = components(20_000 if args.quick else 100_000)
-    flows = flow_costs(20_000 if args.quick else 100_000)
+    parts = components(10_000 if args.quick else 30_000)
+    flows = flow_costs(5_000 if args.quick else 20_000)
 
     lines = [
         "`benchmarks/hot_path.py`: requests through `ScalingAuth` with a warm cache vs. a "
@@ -312,17 +338,25 @@ def main() -> None:
         lines += _rows(result)
         lines.append("")
     lines += [
+        verdict(sync_result, async_result),
+        "",
         "Where the time goes. pyinstrument (`--profile` prints the tree) puts 95+ % of a "
         "request in httpx (building the request, merging headers, `Response.__init__`, the "
-        "transport) and about 3 % in `ScalingAuth.sync_auth_flow`, half of that in "
-        "`Headers.__setitem__`. Driven by hand (no httpx around it, best of 7, ns per "
+        "transport) and about 3 % in `ScalingAuth.sync_auth_flow`, some 40 % of that in "
+        "`Headers.__setitem__`. Driven by hand (no httpx around it, best of 15, ns per "
         "request), each auth flow costs:",
         "",
         *table(
-            ["auth flow", "ns per request", "vs ScalingAuth"],
+            ["auth flow", "sync ns", "sync vs ScalingAuth", "async ns", "async vs ScalingAuth"],
             [
-                (name, f"{ns:.0f}", f"{ns - flows['ScalingAuth']:+.0f}")
-                for name, ns in flows.items()
+                (
+                    name,
+                    f"{sync_ns:.0f}",
+                    f"{sync_ns - flows['ScalingAuth'][0]:+.0f}",
+                    f"{async_ns:.0f}",
+                    f"{async_ns - flows['ScalingAuth'][1]:+.0f}",
+                )
+                for name, (sync_ns, async_ns) in flows.items()
             ],
         ),
         "",
@@ -330,41 +364,86 @@ def main() -> None:
         "",
         *table(["step", "ns per call"], [(name, f"{ns:.0f}") for name, ns in parts]),
         "",
-        "Reading: httpx itself (building the request, merging headers, the transport, the "
-        "response) is nearly all of a request's cost. ScalingAuth overrides "
-        "`sync_auth_flow`/`async_auth_flow` directly, so it runs one generator where a "
-        "`httpx.Auth` that overrides `auth_flow` (and httpx's default no-auth flow) runs "
-        "two; that saving pays for most of its own steps. Setting the header "
-        "(`Headers.__setitem__`: encode, lower-case, scan the header list) is the floor "
-        "any auth pays and a static client header does not.",
+        *reading(flows, parts, sync_result),
     ]
     report(args, "Hot path", lines)
     if args.profile:
         print(profile(5000))
 
 
+def reading(
+    flows: dict[str, tuple[float, float]], parts: list[tuple[str, float]], sync: Interleaved
+) -> list[str]:
+    ours, proto = flows["ScalingAuth"], flows["prototype (inlined)"]
+    static, minimal = flows["static header (httpx's no-auth flow)"], flows["minimal httpx.Auth"]
+    step = dict(parts)
+    request_ns = sync.summary("static header").median * 1e9
+    aget_ns = step["`await KeyCache.aget()` (warm)"]
+    snap_ns = step["fresh-snapshot test in a coroutine, no await (prototype)"]
+    return [
+        "Reading:",
+        f"- Over a static header, ScalingAuth's flow costs {ours[0] - static[0]:.0f} ns more "
+        f"per request sync and {ours[1] - static[1]:.0f} ns async, against "
+        f"{request_ns / 1000:.0f} us for the whole request here: the header set "
+        "(`Headers.__setitem__`: encode, lower-case, scan the header list), the floor that "
+        "every auth setting a header pays (the minimal `httpx.Auth` pays "
+        f"{minimal[0] - static[0]:.0f} ns of it); the destination check, a memo lookup "
+        "that keeps the key from being sent to a foreign host (the contract asks for it); "
+        "and the cache read, one clock read and one comparison against an immutable "
+        "snapshot with no lock. ScalingAuth runs one generator per request where an "
+        "`auth_flow` override runs two, which pays back part of that.",
+        "- Nothing is paid that a careful design would avoid: no per-request parsing "
+        "(`Bearer <key>` is built once per key), no lock on the hot path (the cache's lock "
+        "is taken only on a miss), no allocation beyond the memo's `(scheme, host)` "
+        "tuple and httpx's own objects.",
+        "- What is left to gain is small. Inlining the three steps into the flows (the "
+        "prototype, a subclass measured in the same rounds) saves "
+        f"{ours[0] - proto[0]:.0f} ns sync and {ours[1] - proto[1]:.0f} ns async per "
+        "request; in the async flow most of that comes from not creating and awaiting a "
+        f"coroutine while the key is fresh (`await aget()` {aget_ns:.0f} ns against "
+        f"{snap_ns:.0f} ns). "
+        f"That is about {100 * (ours[1] - proto[1]) / request_ns:.2f} % of a request.",
+    ]
+
+
 def _rows(result: Interleaved) -> list[str]:
     rows = []
+    static_best = result.summary("static header").min
     for name in result.names:
         per_request: Summary = result.summary(name)
-        vs_static = result.ratio(name, "static header")
-        vs_min = result.ratio(name, "minimal httpx.Auth")
         rows.append(
             (
                 name,
                 per_request.fmt(1e6, 1),
-                vs_static.fmt(1, 3),
-                vs_min.fmt(1, 3),
+                result.ratio(name, "static header").fmt(1, 3),
+                f"{per_request.min / static_best:.3f}",
+                result.ratio(name, "minimal httpx.Auth").fmt(1, 3),
             )
         )
     return table(
         [
             "variant",
             "us per request (min / median / max)",
-            "ratio vs static header",
-            "ratio vs minimal Auth",
+            "per-round ratio vs static header (min / median / max)",
+            "best-round ratio vs static",
+            "per-round ratio vs minimal Auth",
         ],
         rows,
+    )
+
+
+def verdict(sync: Interleaved, asyncs: Interleaved) -> str:
+    parts = []
+    ok = True
+    for mode, result in (("sync", sync), ("async", asyncs)):
+        median = result.ratio("ScalingAuth", "static header").median
+        best = result.summary("ScalingAuth").min / result.summary("static header").min
+        ok = ok and median <= 1.02
+        parts.append(f"{mode} {median:.3f} (best rounds {best:.3f})")
+    return (
+        "Result: ScalingAuth / static header, median of the per-round ratios: "
+        + ", ".join(parts)
+        + f"; target <= 1.02 {'met' if ok else 'NOT met in this run'}."
     )
 
 
