@@ -39,6 +39,7 @@ CORE = [
 TESTING = [
     "FakeClock",
     "FakeScalingAPI",
+    "FaultyProvider",
     "MemoryProvider",
     "RecordedRequest",
     "ScriptedResponse",

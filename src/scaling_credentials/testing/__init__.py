@@ -3,11 +3,12 @@
 (:mod:`scaling_credentials.testing.provider_suite`, which needs pytest)."""
 
 from ._fake_api import FakeScalingAPI, RecordedRequest, ScriptedResponse, free_port
-from ._helpers import FakeClock, MemoryProvider
+from ._helpers import FakeClock, FaultyProvider, MemoryProvider
 
 __all__ = [
     "FakeClock",
     "FakeScalingAPI",
+    "FaultyProvider",
     "MemoryProvider",
     "RecordedRequest",
     "ScriptedResponse",

@@ -3,14 +3,16 @@ in-memory provider with fault injection."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+from collections.abc import Callable
 
 from .._errors import ProviderError
 from .._key import ApiKey
 from .._provider import Provider
 
-__all__ = ["FakeClock", "MemoryProvider"]
+__all__ = ["FakeClock", "FaultyProvider", "MemoryProvider"]
 
 
 class FakeClock:
@@ -78,3 +80,91 @@ class MemoryProvider(Provider):
     def on_rejected(self, key: ApiKey) -> None:
         with self._lock:
             self.rejected.append(key)
+
+
+class FaultyProvider(Provider):
+    """Wraps any provider and injects backend faults into its fetches, for resilience
+    tests of code that uses a :class:`KeyCache` (outages, slow or hung backends,
+    throttling, flaky networks).
+
+    * ``fail``: every fetch raises this exception instance (``True``: a
+      :class:`ProviderError` saying the failure was injected). ``False`` (default): off.
+    * ``failure_rate``: the fraction of the remaining fetches that fail with a
+      :class:`ProviderError`, drawn from ``rng`` (seed it for a reproducible run).
+    * ``delay``: real seconds added to every fetch (a slow backend).
+    * ``hang``: a :class:`threading.Event`; while it is unset, each fetch blocks on it
+      (a hung backend), for at most ``hang_timeout`` seconds.
+
+    ``calls`` counts backend attempts, ``failures`` the injected failures (and
+    ``failed_attempts`` lists their indices in ``attempts``),
+    ``max_in_flight`` the most attempts ever running at once (1 under a single-flight
+    cache), and ``attempts`` holds the ``clock()`` reading at each attempt (pass the
+    cache's fake clock to count attempts per backoff step). :meth:`describe` and
+    :meth:`on_rejected` are those of the wrapped provider.
+    """
+
+    def __init__(
+        self,
+        inner: Provider,
+        *,
+        failure_rate: float = 0.0,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0.0 <= failure_rate <= 1.0:
+            raise ValueError(f"failure_rate must be in [0, 1], got {failure_rate!r}")
+        self.inner = inner
+        self.fail: BaseException | bool = False
+        self.failure_rate = failure_rate
+        self.delay = 0.0
+        self.hang: threading.Event | None = None
+        self.hang_timeout = 60.0
+        self.calls = 0
+        self.failures = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.attempts: list[float] = []
+        self.failed_attempts: list[int] = []
+        self.started = threading.Event()  # set when an attempt begins
+        self._rng = rng if rng is not None else random.Random()
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def fetch(self) -> ApiKey:
+        with self._lock:
+            self.calls += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            index = len(self.attempts)
+            self.attempts.append(self._clock())
+            unlucky = self.failure_rate > 0 and self._rng.random() < self.failure_rate
+        try:
+            self.started.set()
+            hang = self.hang
+            if hang is not None:
+                hang.wait(self.hang_timeout)
+            if self.delay:
+                time.sleep(self.delay)
+            fail = self.fail
+            if fail is True or unlucky:
+                with self._lock:
+                    self.failures += 1
+                    self.failed_attempts.append(index)
+                raise ProviderError(
+                    f"{self.describe()} is failing (injected)", provider=self.describe()
+                )
+            if isinstance(fail, BaseException):
+                with self._lock:
+                    self.failures += 1
+                    self.failed_attempts.append(index)
+                raise fail
+            return self.inner.fetch()
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def on_rejected(self, key: ApiKey) -> None:
+        self.inner.on_rejected(key)
