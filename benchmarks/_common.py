@@ -99,13 +99,13 @@ def package_version(name: str) -> str:
 def machine_lines(packages: Sequence[str] = PACKAGES) -> list[str]:
     """Markdown lines describing where and with what a benchmark ran."""
     versions = ", ".join(f"{name} {package_version(name)}" for name in packages)
+    command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     return [
         f"- Machine: {os.cpu_count()} CPUs (nproc), {cpu_model()}, "
         f"{platform.system()} {platform.release()}",
         f"- Python {platform.python_version()} ({platform.python_implementation()})",
         f"- Packages: {versions}",
-        f"- Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"`python benchmarks/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}`".replace(" `", "`"),
+        f"- Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `{command}`",
     ]
 
 
