@@ -463,7 +463,8 @@ def main() -> None:
             )
             if n == plot_n:
                 burst_series.append((label, bins))
-    plot(jitter_series, burst_series, plot_n, 3600.0)
+    if not args.no_write:
+        plot(jitter_series, burst_series, plot_n, 3600.0)
     elapsed = time.perf_counter() - started
 
     lines = [

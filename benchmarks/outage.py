@@ -19,6 +19,7 @@ attempts, recovery within one backoff step.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -205,6 +206,8 @@ def simulate(
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
+    # KeyCache logs a warning per failed attempt (that is its job); here they are counted.
+    logging.getLogger("scaling_credentials").setLevel(logging.ERROR)
     outages = [10, 30] if not args.quick else [10]
     outage_start = 120.0
     patch_anchor_clocks()
