@@ -257,7 +257,7 @@ class ScalingAuth(httpx.Auth):
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         self._check(request)
-        key = await self._cache.aget()
+        key = self._cache._fresh() or await self._cache.aget()
         self._apply(request, key)
         response = yield request
         if response.status_code != 401 or not _body_is_small(response):

@@ -282,6 +282,15 @@ class KeyCache:
             self._retry_at = None
             self._last_error = None
 
+    def _fresh(self) -> ApiKey | None:
+        """The key while fresh and outside the refresh-ahead window, else ``None``: the
+        async auth's fast path, which saves an ``await`` per request."""
+        hot = self._hot
+        if hot is not None and self._clock() < hot.refresh_at:
+            self._hits += 1
+            return hot.key
+        return None
+
     def get(self) -> ApiKey:
         """The cached key while fresh; one fetch at first use and after expiry, however many
         threads ask at once."""
@@ -563,13 +572,15 @@ class KeyCache:
             flight.finished = True
             waiters, flight.async_waiters = flight.async_waiters, []
             failures, retry_at = self._failures, self._retry_at
+        # Log before waking anyone, so that the record precedes whatever the callers do
+        # next (and attempt numbers appear in order).
+        self._log_outcome(flight, previous, error, duration, failures, retry_at, now, stale_for)
         flight.done.set()
         for waiter in waiters:
             try:
                 waiter.get_loop().call_soon_threadsafe(_wake, waiter)
             except RuntimeError:  # that waiter's loop is closed: nobody is waiting there
                 pass
-        self._log_outcome(flight, previous, error, duration, failures, retry_at, now, stale_for)
 
     def _wrap(self, error: BaseException) -> BaseException:
         if isinstance(error, ScalingCredentialsError):
@@ -614,7 +625,7 @@ class KeyCache:
             return
         wait = max(0.0, (retry_at or now) - now)
         if stale_for is not None and previous is not None:
-            usable = self._max_stale - max(0.0, stale_for)
+            usable = self._max_stale - stale_for  # stale_for < 0 while still fresh
             logger.warning(
                 "fetching the key from %s failed (%s), attempt %d; keeping %s for up to %.0f s "
                 "more (max_stale), next backend attempt in %.1f s",
