@@ -1,0 +1,320 @@
+"""Property-based tests of KeyCache: a hypothesis state machine drives one cache with a
+FakeClock and a MemoryProvider through reads, forced refreshes (with and without a
+rejected key), clock jumps, rotations, backend failures and recoveries, and checks the
+cache against what the contract allows after every step.
+
+The model knows only the contract's bounds, not the implementation's draws: an entry's
+lifetime is somewhere in ``[ttl * (1 - jitter), ttl]`` and a backoff step after the n-th
+failure somewhere in ``[step / 2, step]``, so between those bounds either outcome is
+accepted, and outside them the cache must behave one way:
+
+* no backend call while the key is surely fresh; a call once it has surely expired
+  and no backoff step can still be running (recovery within one step);
+* never a backend call within half a backoff step of a failure;
+* forced fetches at most one per ``min_refresh_interval``;
+* ``refresh(rejected=k)`` with a different key cached returns that key, with no call;
+* the key served is always the last one fetched (so never a key known to be rejected
+  once a newer one is cached), never past expiry + ``max_stale``;
+* an error only when no usable key exists (none fetched, or past the stale window).
+
+Sized to run in a few seconds: see SETTINGS (``SCALING_HYPOTHESIS_EXAMPLES`` raises it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from scaling_credentials import ApiKey, KeyCache, ProviderError
+from scaling_credentials.testing import FakeClock, MemoryProvider
+
+TTL = 60.0
+JITTER = 0.2
+MAX_STALE = 120.0
+MIN_REFRESH = 5.0
+BACKOFF_INITIAL = 1.0
+BACKOFF_MAX = 8.0
+EPS = 1e-6
+
+# Known core deviation (see test_refresh_in_backoff_past_the_stale_window_raises below):
+# refresh() returns the cached key even past expiry + max_stale when it skips the fetch
+# (min_refresh_interval or backoff). Flip to True once the core is fixed.
+CHECK_REFRESH_STALE_WINDOW = False
+
+SETTINGS = settings(
+    max_examples=int(os.environ.get("SCALING_HYPOTHESIS_EXAMPLES", "60")),
+    stateful_step_count=40,
+    deadline=None,
+    database=None,  # no .hypothesis directory in the checkout
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def backoff_step(failures: int) -> float:
+    return min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (failures - 1))
+
+
+@dataclass
+class Entry:
+    key: str
+    fetched_at: float
+
+    @property
+    def surely_fresh_until(self) -> float:
+        return self.fetched_at + TTL * (1 - JITTER)
+
+    @property
+    def surely_expired_from(self) -> float:
+        return self.fetched_at + TTL
+
+    @property
+    def surely_usable_until(self) -> float:
+        return self.fetched_at + TTL * (1 - JITTER) + MAX_STALE
+
+    @property
+    def surely_dead_after(self) -> float:
+        return self.fetched_at + TTL + MAX_STALE
+
+
+class CacheMachine(RuleBasedStateMachine):
+    """One KeyCache against a model of the contract's bounds."""
+
+    @initialize(seed=st.integers(0, 2**32 - 1))
+    def setup(self, seed: int) -> None:
+        self.counter = 0
+        self.clock = FakeClock()
+        self.provider = MemoryProvider(self.new_key())
+        self.cache = KeyCache(
+            self.provider,
+            ttl=TTL,
+            jitter=JITTER,
+            refresh_ahead=0,  # every fetch is waited for: the machine stays sequential
+            max_stale=MAX_STALE,
+            min_refresh_interval=MIN_REFRESH,
+            backoff_initial=BACKOFF_INITIAL,
+            backoff_max=BACKOFF_MAX,
+            fetch_timeout=30,
+            clock=self.clock,
+            rng=random.Random(seed),
+        )
+        self.entry: Entry | None = None
+        self.failures = 0
+        self.last_failure_at: float | None = None
+        self.last_forced_at: float | None = None
+        self.forced_at: list[float] = []
+        self.rejected: set[str] = set()
+        self.served: list[str] = []
+
+    def new_key(self) -> str:
+        self.counter += 1
+        return f"scl_live_property{self.counter:04d}abcdefghij"
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def now(self) -> float:
+        return self.clock()
+
+    def backoff_may_run(self) -> bool:
+        """A backoff step may still be running (the draw is unknown)."""
+        if self.failures == 0 or self.last_failure_at is None:
+            return False
+        return self.now < self.last_failure_at + backoff_step(self.failures) - EPS
+
+    def backoff_surely_runs(self) -> bool:
+        if self.failures == 0 or self.last_failure_at is None:
+            return False
+        return self.now < self.last_failure_at + 0.5 * backoff_step(self.failures) - EPS
+
+    def call(self, method: str, rejected: str | None = None) -> tuple[bool, ApiKey | None, bool]:
+        """(backend called?, key or None, raised?)"""
+        before = self.provider.fetches
+        try:
+            if method == "get":
+                key: ApiKey | None = self.cache.get()
+            else:
+                key = self.cache.refresh(rejected=ApiKey(rejected) if rejected else None)
+            raised = False
+        except ProviderError:
+            key, raised = None, True
+        calls = self.provider.fetches - before
+        assert calls <= 1, f"{calls} backend calls for one {method}()"
+        return calls == 1, key, raised
+
+    def record_attempt(self, fetched: bool, key: ApiKey | None) -> None:
+        if not fetched:
+            return
+        assert not self.backoff_surely_runs(), "backend called within half a backoff step"
+        if self.provider.fail:
+            self.failures += 1
+            self.last_failure_at = self.now
+        else:
+            assert key is not None and key.reveal() == self.provider.value
+            self.entry = Entry(self.provider.value or "", self.now)
+            self.failures = 0
+            self.last_failure_at = None
+
+    def check_served(self, key: ApiKey | None, *, stale_window: bool = True) -> None:
+        if key is None:
+            return
+        value = key.reveal()
+        assert self.entry is not None, "served a key with none fetched"
+        # Always the last key fetched: never an older (possibly rejected) one.
+        assert value == self.entry.key, "served a key other than the last one fetched"
+        if value in self.rejected:
+            assert self.entry.key == value, "served a rejected key while a newer one is cached"
+        if stale_window:
+            assert self.now <= self.entry.surely_dead_after + EPS, "served past max_stale"
+        self.served.append(value)
+
+    # ------------------------------------------------------------------ rules
+
+    @rule()
+    def get(self) -> None:
+        entry = self.entry
+        fetched, key, raised = self.call("get")
+        if entry is not None and self.now < entry.surely_fresh_until - EPS:
+            assert not fetched, "backend called while the key was fresh"
+            assert key is not None and key.reveal() == entry.key
+        if (
+            entry is not None
+            and self.now >= entry.surely_expired_from + EPS
+            and not self.backoff_may_run()
+        ):
+            assert fetched, "expired, out of backoff, yet no backend call"
+        self.record_attempt(fetched, key)
+        if raised:
+            usable = entry is not None and self.now <= entry.surely_usable_until - EPS
+            assert not usable, "raised while a usable key was held"
+        else:
+            assert key is not None
+        self.check_served(key)
+
+    @rule(which=st.sampled_from(["none", "current", "older"]))
+    def refresh(self, which: str) -> None:
+        entry = self.entry
+        rejected: str | None = None
+        if which == "current" and entry is not None:
+            rejected = entry.key
+        elif which == "older" and self.counter > 1:
+            rejected = "scl_live_property0001abcdefghij"
+        if rejected is not None:
+            self.rejected.add(rejected)
+        if entry is None:
+            # Nothing cached: refresh behaves as get().
+            fetched, key, raised = self.call("refresh", rejected)
+            self.record_attempt(fetched, key)
+            assert raised or key is not None
+            self.check_served(key)
+            return
+        fetched, key, raised = self.call("refresh", rejected)
+        if rejected is not None and rejected != entry.key:
+            # A different key is cached: it is returned, no backend call.
+            assert not fetched and not raised
+            assert key is not None and key.reveal() == entry.key
+            self.check_served(key, stale_window=False)
+            return
+        if fetched:
+            if self.last_forced_at is not None:
+                assert self.now - self.last_forced_at >= MIN_REFRESH - EPS, (
+                    "two forced fetches within min_refresh_interval"
+                )
+            self.last_forced_at = self.now
+            self.forced_at.append(self.now)
+            self.record_attempt(fetched, key)
+            # A forced fetch that fails raises to its caller; one that works returns it.
+            assert raised == bool(self.provider.fail)
+        else:
+            recently = (
+                self.last_forced_at is not None
+                and self.now - self.last_forced_at < MIN_REFRESH - EPS
+            )
+            assert recently or self.backoff_may_run(), "forced refresh skipped without reason"
+            assert not raised and key is not None and key.reveal() == entry.key
+        self.check_served(key, stale_window=CHECK_REFRESH_STALE_WINDOW)
+
+    @rule(seconds=st.sampled_from([0.1, 0.5, 1.0, 2.5, 5.0, 9.0, 30.0, 47.0, 61.0, 130.0]))
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def rotate(self) -> None:
+        self.provider.value = self.new_key()
+
+    @precondition(lambda self: not self.provider.fail)
+    @rule()
+    def fail_backend(self) -> None:
+        self.provider.fail = True
+
+    @precondition(lambda self: bool(self.provider.fail))
+    @rule()
+    def recover_backend(self) -> None:
+        self.provider.fail = False
+
+    @rule()
+    def invalidate(self) -> None:
+        self.cache.invalidate()
+        self.entry = None
+        self.failures = 0
+        self.last_failure_at = None
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def stats_match_the_backend(self) -> None:
+        stats = self.cache.stats
+        assert stats.fetches == self.provider.fetches
+        assert stats.forced_fetches == len(self.forced_at)
+        assert stats.consecutive_failures == self.failures
+
+    @invariant()
+    def peek_is_the_last_key_fetched(self) -> None:
+        peeked = self.cache.peek()
+        if self.entry is None:
+            assert peeked is None
+        else:
+            assert peeked is not None and peeked.reveal() == self.entry.key
+
+
+CacheMachine.TestCase.settings = SETTINGS
+TestKeyCacheStateMachine = CacheMachine.TestCase
+
+
+# ---------------------------------------------------------------------------- pinned findings
+
+
+@pytest.mark.xfail(
+    reason="core: refresh() skips the fetch within min_refresh_interval or backoff and "
+    "returns the cached key even past expiry + max_stale, where get() raises; see the "
+    "reliability report",
+    strict=True,
+)
+@pytest.mark.parametrize("rejected", [False, True])
+def test_refresh_in_backoff_past_the_stale_window_raises(rejected: bool) -> None:
+    provider = MemoryProvider("scl_live_stalewindow0123456789")
+    clock = FakeClock()
+    cache = KeyCache(
+        provider,
+        ttl=60,
+        jitter=0,
+        refresh_ahead=0,
+        max_stale=10,
+        backoff_initial=100,
+        backoff_max=100,
+        clock=clock,
+    )
+    key = cache.get()
+    provider.fail = True
+    clock.advance(65)
+    assert cache.get() == key  # stale, within the window; the backend is in backoff now
+    clock.advance(10)  # past expiry + max_stale
+    with pytest.raises(ProviderError):
+        cache.get()
+    with pytest.raises(ProviderError):
+        cache.refresh(rejected=key if rejected else None)
