@@ -33,6 +33,7 @@ CORE = [
     "provider_from_env",
     "provider_from_uri",
     "raise_for_scaling_error",
+    "redact_logging",
     "scaling_client",
 ]
 

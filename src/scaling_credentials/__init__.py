@@ -26,6 +26,7 @@ from ._errors import (
 from ._file import FileProvider
 from ._key import ApiKey
 from ._provider import Provider
+from ._redact import redact_logging
 from ._registry import SourceURI, provider_from_env, provider_from_uri
 from ._version import __version__
 
@@ -51,5 +52,6 @@ __all__ = [
     "provider_from_env",
     "provider_from_uri",
     "raise_for_scaling_error",
+    "redact_logging",
     "scaling_client",
 ]
