@@ -1,0 +1,215 @@
+"""Fork safety: a KeyCache (and a ScalingAuth) warmed before ``os.fork()`` works in the
+child, and the pre-fork server pattern (gunicorn ``--preload``, uWSGI, Celery prefork):
+warm up in the parent, fork workers, rotate the key while they serve.
+
+FakeScalingAPI runs in the parent (its thread does not survive a fork); the children
+reach it over loopback. Children report through an anonymous shared memory map and
+always leave with ``os._exit`` (never through pytest); every wait is bounded and a child
+that does not finish in time is killed by its pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import os
+import signal
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scaling_credentials import FileProvider, KeyCache, ScalingAuth
+from scaling_credentials.testing import FakeScalingAPI
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+PATH = "/oncall/schedules"
+CHILD_TIMEOUT = 60.0
+SLOT = struct.Struct("qqqq")  # ok, failed, fetches, done
+
+
+@pytest.fixture
+def api() -> Iterator[FakeScalingAPI]:
+    with FakeScalingAPI() as server:
+        yield server
+
+
+def write_key(path: Path, value: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(value + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+class Board:
+    """Shared memory between the parent and its children: a stop flag, then one slot
+    (ok, failed, fetches, done) per child."""
+
+    def __init__(self, children: int) -> None:
+        self.memory = mmap.mmap(-1, 8 + SLOT.size * children)
+
+    def stop(self) -> None:
+        self.memory[0:8] = struct.pack("q", 1)
+
+    @property
+    def stopping(self) -> bool:
+        return struct.unpack("q", self.memory[0:8])[0] == 1
+
+    def write(self, child: int, ok: int, failed: int, fetches: int, done: int = 0) -> None:
+        offset = 8 + SLOT.size * child
+        self.memory[offset : offset + SLOT.size] = SLOT.pack(ok, failed, fetches, done)
+
+    def read(self, child: int) -> tuple[int, int, int, int]:
+        offset = 8 + SLOT.size * child
+        ok, failed, fetches, done = SLOT.unpack(self.memory[offset : offset + SLOT.size])
+        return ok, failed, fetches, done
+
+
+def fork_child(body: Callable[[], int]) -> int:
+    """Fork; the child runs ``body`` and leaves with its exit code (1 on any error)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            code = body()
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+def wait_child(pid: int, timeout: float = CHILD_TIMEOUT) -> int:
+    """The child's exit code; kills it (by pid) if it is still running after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)  # waiting for a child process, not for a TTL
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"child {pid} did not finish within {timeout} s")
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)  # polling child processes' shared counters
+
+
+def test_a_warm_cache_and_auth_work_in_the_child(api: FakeScalingAPI, tmp_path: Path) -> None:
+    path = tmp_path / "api-key"
+    write_key(path, api.issue_key())
+    cache = KeyCache(FileProvider(path), ttl=3600)
+    auth = ScalingAuth(cache)  # created before the fork, like a module-level client's auth
+    cache.get()
+    fetches = cache.stats.fetches
+    board = Board(1)
+
+    def child() -> int:
+        # httpx clients are not fork-safe (pooled sockets): create them after the fork.
+        with httpx.Client(base_url=api.url, auth=auth, timeout=10) as client:
+            statuses = [client.get(PATH).status_code for _ in range(5)]
+
+        async def async_part() -> list[int]:
+            async with httpx.AsyncClient(base_url=api.url, auth=auth, timeout=10) as client:
+                responses = await asyncio.gather(*(client.get(PATH) for _ in range(5)))
+                return [r.status_code for r in responses]
+
+        statuses += asyncio.run(async_part())
+        ok = statuses.count(200)
+        board.write(0, ok, len(statuses) - ok, cache.stats.fetches - fetches, 1)
+        return 0 if ok == len(statuses) else 3
+
+    assert wait_child(fork_child(child)) == 0
+    assert board.read(0) == (10, 0, 0, 1)  # served from the inherited key: no fetch
+    assert cache.stats.fetches == fetches  # the parent is untouched
+
+
+def test_a_child_fetches_on_its_own_after_rotation(api: FakeScalingAPI, tmp_path: Path) -> None:
+    path = tmp_path / "api-key"
+    old = api.issue_key()
+    write_key(path, old)
+    cache = KeyCache(FileProvider(path), ttl=3600, min_refresh_interval=0)
+    cache.get()
+    new = api.rotate()
+    write_key(path, new)
+    api.revoke(old)
+    board = Board(1)
+
+    def child() -> int:
+        with httpx.Client(base_url=api.url, auth=ScalingAuth(cache), timeout=10) as client:
+            response = client.get(PATH)
+        board.write(0, int(response.status_code == 200), 0, cache.stats.forced_fetches, 1)
+        return 0
+
+    assert wait_child(fork_child(child)) == 0
+    assert board.read(0) == (1, 0, 1, 1)  # a 401, one forced fetch in the child, retried
+    assert cache.peek() is not None and cache.peek().reveal() == old  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("children", [4])
+def test_pre_fork_server_pattern_with_rotation(
+    api: FakeScalingAPI, tmp_path: Path, children: int
+) -> None:
+    """Warm up in the parent, fork workers, rotate the key three times (new key in the
+    file, then the old one revoked) while every worker sends requests: all workers exit
+    0 with zero failed requests."""
+    path = tmp_path / "api-key"
+    key = api.issue_key()
+    write_key(path, key)
+    cache = KeyCache(FileProvider(path), ttl=3600, min_refresh_interval=0)
+    auth = ScalingAuth(cache)
+    cache.get()  # warm-up before the fork
+    board = Board(children)
+
+    def worker(index: int) -> Callable[[], int]:
+        def body() -> int:
+            ok = failed = 0
+            start = cache.stats.fetches
+            with httpx.Client(base_url=api.url, auth=auth, timeout=10) as client:
+                for _ in range(100_000):  # bounded; the parent says when to stop
+                    if board.stopping:
+                        break
+                    try:
+                        status = client.get(PATH).status_code
+                    except httpx.HTTPError:
+                        status = 0
+                    ok, failed = (ok + 1, failed) if status == 200 else (ok, failed + 1)
+                    board.write(index, ok, failed, cache.stats.fetches - start)
+            board.write(index, ok, failed, cache.stats.fetches - start, 1)
+            return 0 if failed == 0 else 3
+
+        return body
+
+    pids = [fork_child(worker(i)) for i in range(children)]
+    try:
+
+        def all_advanced(by: int, since: list[int]) -> Callable[[], bool]:
+            return lambda: all(board.read(i)[0] >= since[i] + by for i in range(children))
+
+        wait_until(all_advanced(3, [0] * children), "every worker to serve")
+        for _ in range(3):
+            new = api.rotate()
+            write_key(path, new)  # the new key reaches the source first...
+            api.revoke(key)  # ...then the old one is deleted
+            key = new
+            since = [board.read(i)[0] for i in range(children)]
+            wait_until(all_advanced(3, since), "every worker to serve after a rotation")
+    finally:
+        board.stop()
+        codes = [wait_child(pid) for pid in pids]
+    slots = [board.read(i) for i in range(children)]
+    assert codes == [0] * children, slots
+    assert all(failed == 0 and done == 1 for _, failed, _, done in slots), slots
+    # Each worker fetched on its own, once per rotation it noticed (at most three).
+    assert all(1 <= fetches <= 3 for _, _, fetches, _ in slots), slots
+    rejected = [r for r in api.requests if r.status == 401]
+    assert len(rejected) <= children * 3 * 2, "workers looped on 401s"
