@@ -392,3 +392,64 @@ def test_authorization_does_not_follow_a_redirect_to_another_origin(api: FakeSca
             response = client.get("/oncall/schedules")
         assert response.status_code == 401
         assert [r.key for r in other.requests] == [None]  # no Authorization arrived
+
+
+# ---------------------------------------------------- 401 bodies of unknown length
+
+
+def _chunks(body: bytes, size: int = 16 * 1024) -> list[bytes]:
+    return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_401_of_unknown_length_sync(big: bool) -> None:
+    body = b"x" * (1024 * 1024) if big else error_body("invalid_api_key")
+    auth, provider = auth_with()
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.headers["Authorization"])
+        if len(calls) == 1:
+            return httpx.Response(401, content=iter(_chunks(body)))  # no Content-Length
+        return httpx.Response(200, json={"data": []})
+
+    provider.value = K1
+    with httpx.Client(transport=httpx.MockTransport(handler), auth=auth) as client:
+        auth.cache.get()
+        provider.value = K2
+        response = client.get(URL)
+    if big:  # not an error body: returned whole, no refresh, no retry
+        assert (response.status_code, len(response.content)) == (401, len(body))
+        assert provider.fetches == 1 and len(calls) == 1
+    else:
+        assert response.status_code == 200 and len(calls) == 2
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_401_of_unknown_length_async(big: bool) -> None:
+    body = b"y" * (1024 * 1024) if big else error_body("invalid_api_key")
+    auth, provider = auth_with()
+    calls: list[str] = []
+
+    async def stream() -> AsyncIterator[bytes]:
+        for chunk in _chunks(body):
+            yield chunk
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.headers["Authorization"])
+        if len(calls) == 1:
+            return httpx.Response(401, content=stream())
+        return httpx.Response(200, json={"data": []})
+
+    async def scenario() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler), auth=auth) as client:
+            await auth.cache.aget()
+            provider.value = K2
+            return await client.get(URL)
+
+    response = asyncio.run(scenario())
+    if big:
+        assert (response.status_code, len(response.content)) == (401, len(body))
+        assert provider.fetches == 1 and len(calls) == 1
+    else:
+        assert response.status_code == 200 and len(calls) == 2

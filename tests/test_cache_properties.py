@@ -289,12 +289,6 @@ TestKeyCacheStateMachine = CacheMachine.TestCase
 # ---------------------------------------------------------------------------- pinned findings
 
 
-@pytest.mark.xfail(
-    reason="core: refresh() skips the fetch within min_refresh_interval or backoff and "
-    "returns the cached key even past expiry + max_stale, where get() raises; see the "
-    "reliability report",
-    strict=True,
-)
 @pytest.mark.parametrize("rejected", [False, True])
 def test_refresh_in_backoff_past_the_stale_window_raises(rejected: bool) -> None:
     provider = MemoryProvider("scl_live_stalewindow0123456789")

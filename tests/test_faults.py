@@ -306,11 +306,6 @@ def test_hung_backend_serves_the_stale_key_after_fetch_timeout(rig: Rig) -> None
         assert rig.faulty.calls == calls
 
 
-@pytest.mark.xfail(
-    reason="core: a fetch abandoned after fetch_timeout is counted and backed off but "
-    "not logged, so a hung backend served stale is silent; see the reliability report",
-    strict=True,
-)
 def test_a_fetch_timeout_is_logged_as_a_warning(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     cache = KeyCache(
         rig.faulty, ttl=60, jitter=0, refresh_ahead=0, fetch_timeout=0.3, clock=rig.clock
@@ -394,12 +389,6 @@ def test_revoked_key_while_the_source_fails_returns_401_once_per_request_then_re
     assert rig.cache.peek() == ApiKey(new)
 
 
-@pytest.mark.xfail(
-    reason="core: after a failed forced fetch, ScalingAuth's warning says the source "
-    "'still holds' the rejected key, though the source was not asked (backoff); see the "
-    "reliability report",
-    strict=True,
-)
 def test_the_401_warning_does_not_blame_the_source_when_it_was_not_asked(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncGenerator, Generator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator
 from datetime import timedelta
 from typing import Literal
 
 import httpx
 
 from ._api import MAX_ERROR_BODY, parse_error_body
-from ._cache import KeyCache
+from ._cache import KeyCache, RefreshOutcome
 from ._errors import ConfigurationError, ScalingCredentialsError
 from ._key import ApiKey
 from ._provider import Provider
@@ -102,9 +102,112 @@ def is_key_rejection(response: httpx.Response) -> bool:
     return parse_error_body(response.content).code == "invalid_api_key"
 
 
-def _body_is_small(response: httpx.Response) -> bool:
+def _length(response: httpx.Response) -> int | None:
+    """Content-Length as an int; -1 when it is malformed; None when absent."""
     length = response.headers.get("content-length")
-    return length is None or (length.isdigit() and int(length) <= MAX_ERROR_BODY)
+    if length is None:
+        return None
+    return int(length) if length.isdigit() else -1
+
+
+def _is_identity(response: httpx.Response) -> bool:
+    return response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
+
+
+class _ReplaySync(httpx.SyncByteStream):
+    """The bytes already read, then the rest of the original stream, unread."""
+
+    def __init__(self, head: list[bytes], rest: Iterator[bytes], original: httpx.SyncByteStream):
+        self._head, self._rest, self._original = head, rest, original
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._head
+        yield from self._rest
+
+    def close(self) -> None:
+        self._original.close()
+
+
+class _ReplayAsync(httpx.AsyncByteStream):
+    """The async twin of :class:`_ReplaySync`."""
+
+    def __init__(
+        self, head: list[bytes], rest: AsyncIterator[bytes], original: httpx.AsyncByteStream
+    ):
+        self._head, self._rest, self._original = head, rest, original
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._head:
+            yield chunk
+        async for chunk in self._rest:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._original.aclose()
+
+
+def _already_read(response: httpx.Response) -> bytes | None:
+    try:
+        return response.content
+    except httpx.ResponseNotRead:
+        return None
+
+
+def read_401_body(response: httpx.Response) -> bytes | None:
+    """The body of a 401 when it may be the API's error JSON, read at most
+    ``MAX_ERROR_BODY + 1`` bytes deep; ``None`` when it is larger (then whatever was read
+    is put back in front of the unread rest, so the caller still gets the whole response,
+    streaming). A body that stalls or never ends does not hold the request."""
+    content = _already_read(response)
+    if content is not None:
+        return content
+    length = _length(response)
+    if length is not None:
+        return response.read() if 0 <= length <= MAX_ERROR_BODY else None
+    stream = response.stream
+    if not _is_identity(response) or not isinstance(stream, httpx.SyncByteStream):
+        return response.read()  # compressed: only httpx's reader can decode it
+    head: list[bytes] = []
+    size = 0
+    rest = iter(stream)
+    for chunk in rest:
+        head.append(chunk)
+        size += len(chunk)
+        if size > MAX_ERROR_BODY:
+            response.stream = _ReplaySync(head, rest, stream)
+            return None
+    response.stream = _ReplaySync(head, iter(()), stream)
+    return response.read()
+
+
+async def aread_401_body(response: httpx.Response) -> bytes | None:
+    """The async twin of :func:`read_401_body`."""
+    content = _already_read(response)
+    if content is not None:
+        return content
+    length = _length(response)
+    if length is not None:
+        return await response.aread() if 0 <= length <= MAX_ERROR_BODY else None
+    stream = response.stream
+    if not _is_identity(response) or not isinstance(stream, httpx.AsyncByteStream):
+        return await response.aread()
+    head: list[bytes] = []
+    size = 0
+    rest = stream.__aiter__()
+    async for chunk in rest:
+        head.append(chunk)
+        size += len(chunk)
+        if size > MAX_ERROR_BODY:
+            response.stream = _ReplayAsync(head, rest, stream)
+            return None
+    response.stream = _ReplayAsync(head, _empty(), stream)
+    return await response.aread()
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    nothing: tuple[bytes, ...] = ()
+    for chunk in nothing:  # an async generator that yields nothing
+        yield chunk
 
 
 def _is_replayable(request: httpx.Request) -> bool:
@@ -126,8 +229,17 @@ def retry_decision(sent: ApiKey, fresh: ApiKey, *, replayable: bool) -> Decision
     return "retry"
 
 
-def _request_id(response: httpx.Response) -> str:
-    return parse_error_body(response.content).request_id or "none"
+def _request_id(body: bytes) -> str:
+    return parse_error_body(body).request_id or "none"
+
+
+_SAME_KEY_REASONS: dict[RefreshOutcome, str] = {
+    "fetched": "{source} still holds it. Put a valid key in the source (rotate it) to recover",
+    "cached": "{source} still holds it. Put a valid key in the source (rotate it) to recover",
+    "skipped-interval": "{source} was not asked again: the last forced fetch was less than "
+    "min_refresh_interval ago",
+    "skipped-backoff": "{source} was not asked: it is failing and in backoff",
+}
 
 
 # ---------------------------------------------------------------------- the auth
@@ -187,14 +299,19 @@ class ScalingAuth(httpx.Auth):
         request.headers["Authorization"] = header[1]
 
     def _after_refresh(
-        self, request: httpx.Request, response: httpx.Response, sent: ApiKey, fresh: ApiKey
+        self,
+        request: httpx.Request,
+        body: bytes,
+        sent: ApiKey,
+        fresh: ApiKey,
+        outcome: RefreshOutcome,
     ) -> bool:
         decision = retry_decision(sent, fresh, replayable=_is_replayable(request))
         if decision == "retry":
             logger.info(
                 "Scaling API rejected key %s (requestId %s); retrying %s %s once with %s from %s",
                 sent.masked,
-                _request_id(response),
+                _request_id(body),
                 request.method,
                 request.url.path,
                 fresh.masked,
@@ -204,11 +321,10 @@ class ScalingAuth(httpx.Auth):
             return True
         if decision == "same-key":
             logger.warning(
-                "Scaling API rejected key %s (requestId %s) and %s still holds it; returning "
-                "the 401. Put a valid key in the source (rotate it) to recover",
+                "Scaling API rejected key %s (requestId %s); returning the 401: %s",
                 sent.masked,
-                _request_id(response),
-                self._cache.describe(),
+                _request_id(body),
+                _SAME_KEY_REASONS[outcome].format(source=self._cache.describe()),
             )
         else:
             logger.warning(
@@ -216,17 +332,17 @@ class ScalingAuth(httpx.Auth):
                 "the request body is a one-shot stream that cannot be resent, so the 401 is "
                 "returned; the next request uses the new key",
                 sent.masked,
-                _request_id(response),
+                _request_id(body),
                 fresh.masked,
             )
         return False
 
-    def _refresh_failed(self, response: httpx.Response, sent: ApiKey, exc: Exception) -> None:
+    def _refresh_failed(self, body: bytes, sent: ApiKey, exc: Exception) -> None:
         logger.warning(
             "Scaling API rejected key %s (requestId %s) and refreshing it from %s failed "
             "(%s); returning the 401",
             sent.masked,
-            _request_id(response),
+            _request_id(body),
             self._cache.describe(),
             type(exc).__name__,
         )
@@ -240,17 +356,17 @@ class ScalingAuth(httpx.Auth):
         key = self._cache.get()
         self._apply(request, key)
         response = yield request
-        if response.status_code != 401 or not _body_is_small(response):
+        if response.status_code != 401:
             return
-        response.read()
-        if not is_key_rejection(response):
+        body = read_401_body(response)
+        if body is None or parse_error_body(body).code != "invalid_api_key":
             return
         try:
-            fresh = self._cache.refresh(rejected=key)
+            fresh, outcome = self._cache._refresh(key)
         except ScalingCredentialsError as exc:
-            self._refresh_failed(response, key, exc)
+            self._refresh_failed(body, key, exc)
             return
-        if self._after_refresh(request, response, key, fresh):
+        if self._after_refresh(request, body, key, fresh, outcome):
             yield request
 
     async def async_auth_flow(
@@ -260,17 +376,17 @@ class ScalingAuth(httpx.Auth):
         key = self._cache._fresh() or await self._cache.aget()
         self._apply(request, key)
         response = yield request
-        if response.status_code != 401 or not _body_is_small(response):
+        if response.status_code != 401:
             return
-        await response.aread()
-        if not is_key_rejection(response):
+        body = await aread_401_body(response)
+        if body is None or parse_error_body(body).code != "invalid_api_key":
             return
         try:
-            fresh = await self._cache.arefresh(rejected=key)
+            fresh, outcome = await self._cache._arefresh(key)
         except ScalingCredentialsError as exc:
-            self._refresh_failed(response, key, exc)
+            self._refresh_failed(body, key, exc)
             return
-        if self._after_refresh(request, response, key, fresh):
+        if self._after_refresh(request, body, key, fresh, outcome):
             yield request
 
 

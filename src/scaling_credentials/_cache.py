@@ -149,6 +149,7 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+RefreshOutcome = Literal["fetched", "cached", "skipped-interval", "skipped-backoff"]
 _Action = Literal["hit", "hit-start", "lead", "wait", "stale", "raise"]
 
 
@@ -344,13 +345,22 @@ class KeyCache:
 
         If ``rejected`` is given and the cache already holds a different key, that key is
         returned with no fetch. Concurrent refreshes share one fetch; forced fetches happen
-        at most once per ``min_refresh_interval`` (within it, the current key is returned).
+        at most once per ``min_refresh_interval`` and not while the backend is in backoff
+        (then the current key is returned, as long as it is within its stale window).
         """
+        return self._refresh(rejected)[0]
+
+    async def arefresh(self, rejected: ApiKey | None = None) -> ApiKey:
+        """Like :meth:`refresh`, for asyncio."""
+        return (await self._arefresh(rejected))[0]
+
+    def _refresh(self, rejected: ApiKey | None) -> tuple[ApiKey, RefreshOutcome]:
+        """:meth:`refresh`, also saying whether the source was asked (for the auth's logs)."""
         with self._lock:
-            action, key, flight = self._plan_refresh(self._clock(), rejected)
+            action, key, flight, outcome = self._plan_refresh(self._clock(), rejected)
         if action in ("hit", "stale"):
             assert key is not None
-            return key
+            return key, outcome
         if action == "raise":
             raise self._backoff_error()
         assert flight is not None
@@ -358,15 +368,14 @@ class KeyCache:
             if flight.kind == "forced":
                 self._notify_rejected(rejected)
             self._start(flight, prefer_async=False)
-        return self._wait_sync(flight, stale_ok=flight.kind != "forced")
+        return self._wait_sync(flight, stale_ok=flight.kind != "forced"), outcome
 
-    async def arefresh(self, rejected: ApiKey | None = None) -> ApiKey:
-        """Like :meth:`refresh`, for asyncio."""
+    async def _arefresh(self, rejected: ApiKey | None) -> tuple[ApiKey, RefreshOutcome]:
         with self._lock:
-            action, key, flight = self._plan_refresh(self._clock(), rejected)
+            action, key, flight, outcome = self._plan_refresh(self._clock(), rejected)
         if action in ("hit", "stale"):
             assert key is not None
-            return key
+            return key, outcome
         if action == "raise":
             raise self._backoff_error()
         assert flight is not None
@@ -374,7 +383,7 @@ class KeyCache:
             if flight.kind == "forced":
                 self._notify_rejected(rejected)
             self._start(flight, prefer_async=True)
-        return await self._wait_async(flight, stale_ok=flight.kind != "forced")
+        return await self._wait_async(flight, stale_ok=flight.kind != "forced"), outcome
 
     # ------------------------------------------------------------------ decisions
     # Both return (action, key, flight); "lead" means the caller starts the new flight,
@@ -401,29 +410,35 @@ class KeyCache:
 
     def _plan_refresh(
         self, now: float, rejected: ApiKey | None
-    ) -> tuple[_Action, ApiKey | None, _Flight | None]:
+    ) -> tuple[_Action, ApiKey | None, _Flight | None, RefreshOutcome]:
         entry = self._entry
+        if entry is not None and now > entry.expires_at + self._max_stale:
+            # Past its stale window the held key is as good as none: never hand it out.
+            return (*self._plan_get(now), "fetched")
         if rejected is not None and entry is not None and entry.key != rejected:
-            return "hit", entry.key, None
+            if now < entry.expires_at:
+                return "hit", entry.key, None, "cached"
+            return (*self._plan_get(now), "fetched")  # expired: the TTL rules apply
         self._drop_hung_flight()
         flight = self._flight
         if flight is not None:
-            return "wait", None, flight
+            return "wait", None, flight, "fetched"
         if entry is None:
-            return self._plan_get(now)
+            return (*self._plan_get(now), "fetched")
         recently = self._last_forced_at is not None and (
             now - self._last_forced_at < self._min_refresh_interval
         )
         if recently or self._in_backoff(now):
+            outcome: RefreshOutcome = "skipped-interval" if recently else "skipped-backoff"
             logger.info(
                 "forced refresh of %s skipped (%s); keeping %s",
                 self.describe(),
                 "within min_refresh_interval" if recently else "backend in backoff",
                 entry.key.masked,
             )
-            return "hit", entry.key, None
+            return "hit", entry.key, None, outcome
         self._last_forced_at = now
-        return "lead", None, self._new_flight(now, "forced")
+        return "lead", None, self._new_flight(now, "forced"), "fetched"
 
     # ------------------------------------------------------------------ state helpers (lock held)
 
@@ -448,14 +463,28 @@ class KeyCache:
             return
         flight.abandoned = True
         self._errors += 1
+        now = self._clock()
         self._record_failure(
-            self._clock(),
+            now,
             ProviderTimeoutError(
                 f"fetching the key from {self.describe()} did not finish within "
                 f"{self._fetch_timeout:g} s (fetch_timeout); the backend may be hung or "
                 "unreachable",
                 provider=self.describe(),
             ),
+        )
+        entry = self._entry
+        # Logged under the lock: rare, and the record must not race the next attempt's.
+        logger.warning(
+            "fetching the key from %s did not finish within %g s (fetch_timeout), attempt "
+            "%d; %s; next backend attempt in %.3g s",
+            self.describe(),
+            self._fetch_timeout,
+            self._failures,
+            f"keeping {entry.key.masked} while within max_stale"
+            if entry is not None
+            else "no key to fall back on",
+            max(0.0, (self._retry_at or now) - now),
         )
 
     def _in_backoff(self, now: float) -> bool:
@@ -628,7 +657,7 @@ class KeyCache:
             usable = self._max_stale - stale_for  # stale_for < 0 while still fresh
             logger.warning(
                 "fetching the key from %s failed (%s), attempt %d; keeping %s for up to %.0f s "
-                "more (max_stale), next backend attempt in %.1f s",
+                "more (max_stale), next backend attempt in %.3g s",
                 self.describe(),
                 type(error).__name__,
                 failures,
@@ -639,7 +668,7 @@ class KeyCache:
         else:
             logger.warning(
                 "fetching the key from %s failed (%s), attempt %d; no key to fall back on, "
-                "next backend attempt in %.1f s",
+                "next backend attempt in %.3g s",
                 self.describe(),
                 type(error).__name__,
                 failures,
