@@ -32,9 +32,9 @@ from _common import (
     sm_client,
     table,
 )
-from scaling_credentials_aws import SecretsManagerProvider
 
 from scaling_credentials import KeyCache
+from scaling_credentials_aws import SecretsManagerProvider
 
 SECRET = "scaling/bench-cached-read"
 

@@ -33,10 +33,10 @@ from _common import (
     sm_client,
     table,
 )
-from scaling_credentials_aws import SecretsManagerProvider
 
 from scaling_credentials import KeyCache, ScalingAuth
 from scaling_credentials.testing import FakeScalingAPI
+from scaling_credentials_aws import SecretsManagerProvider
 
 SECRET = "scaling/bench-rotation"
 

@@ -42,10 +42,10 @@ from _common import (
     sm_client,
     table,
 )
-from scaling_credentials_aws import SecretsManagerProvider
 
 from scaling_credentials import ApiKey, KeyCache
 from scaling_credentials.testing import FakeClock
+from scaling_credentials_aws import SecretsManagerProvider
 
 SECRET = "scaling/bench-stampede"
 TTL = 300

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from scaling_credentials import ChainProvider, KeyCache, Provider, ScalingAuth
 from scaling_credentials_aws import LambdaExtensionProvider, SecretsManagerProvider
 from scaling_credentials_vault import AppRoleAuth, KubernetesAuth, VaultProvider
-
-from scaling_credentials import ChainProvider, KeyCache, Provider, ScalingAuth
 
 
 def aws() -> ScalingAuth:

@@ -28,7 +28,6 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-from scaling_credentials_aws import SecretsManagerProvider
 
 from scaling_credentials import (
     ApiKey,
@@ -41,6 +40,7 @@ from scaling_credentials import (
 from scaling_credentials._redact import KeyRedactingFilter
 from scaling_credentials.testing import FakeClock, FakeScalingAPI, FaultyProvider, free_port
 from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials_aws import SecretsManagerProvider
 
 PATH = "/oncall/schedules"
 REGION = "us-east-1"

@@ -11,10 +11,10 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-from scaling_credentials_aws import LambdaExtensionProvider, SecretsManagerProvider
 
 from scaling_credentials import ApiKey, KeyCache, Provider, ProviderError, ScalingAuth
 from scaling_credentials.testing import FakeScalingAPI
+from scaling_credentials_aws import LambdaExtensionProvider, SecretsManagerProvider
 
 THREADS = 8
 REQUESTS_PER_THREAD = 30

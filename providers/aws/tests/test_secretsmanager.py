@@ -12,7 +12,6 @@ from typing import Any
 
 import boto3
 import pytest
-from scaling_credentials_aws import LambdaExtensionProvider, SecretsManagerProvider
 
 from scaling_credentials import (
     ConfigurationError,
@@ -23,6 +22,7 @@ from scaling_credentials import (
 )
 from scaling_credentials.testing import free_port
 from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
+from scaling_credentials_aws import LambdaExtensionProvider, SecretsManagerProvider
 
 KEY_A = good_value("alpha")
 KEY_B = good_value("bravo")

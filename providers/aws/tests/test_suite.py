@@ -12,10 +12,10 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from scaling_credentials_aws import LambdaExtensionProvider, SecretsManagerProvider
 
 from scaling_credentials import Provider
 from scaling_credentials.testing.provider_suite import ProviderTests
+from scaling_credentials_aws import LambdaExtensionProvider, SecretsManagerProvider
 
 
 class _MotoSecret:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scaling_credentials_vault import KubernetesAuth, VaultProvider
 
 from scaling_credentials import FileProvider, Provider, provider_from_env
+from scaling_credentials_vault import KubernetesAuth, VaultProvider
 
 yaml = pytest.importorskip("yaml")
 

@@ -26,11 +26,11 @@ from typing import Any
 import httpx
 import hvac
 import pytest
-from scaling_credentials_vault import TokenAuth, VaultProvider
 
 from scaling_credentials import ApiKey, KeyCache, ProviderError, ProviderTimeoutError, ScalingAuth
 from scaling_credentials.testing import FakeClock, FakeScalingAPI, FaultyProvider, free_port
 from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials_vault import TokenAuth, VaultProvider
 
 PATH = "/oncall/schedules"
 STEP = 0.5

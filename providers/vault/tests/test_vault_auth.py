@@ -23,6 +23,10 @@ import hvac
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from scaling_credentials import ConfigurationError, ProviderError
+from scaling_credentials.testing import FakeClock
+from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
 from scaling_credentials_vault import (
     AppRoleAuth,
     JWTAuth,
@@ -32,10 +36,6 @@ from scaling_credentials_vault import (
     VaultProvider,
     VaultToken,
 )
-
-from scaling_credentials import ConfigurationError, ProviderError
-from scaling_credentials.testing import FakeClock
-from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
 
 KEY = good_value("auth")
 POLICY = "scaling-read"

@@ -10,7 +10,6 @@ from typing import Any
 
 import hvac
 import pytest
-from scaling_credentials_vault import TokenAuth, VaultProvider
 
 from scaling_credentials import (
     ConfigurationError,
@@ -21,6 +20,7 @@ from scaling_credentials import (
 )
 from scaling_credentials.testing import free_port
 from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
+from scaling_credentials_vault import TokenAuth, VaultProvider
 
 KEY = good_value("errors")
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import hvac
 import pytest
-from scaling_credentials_vault import TokenAuth, VaultProvider
 
 from scaling_credentials.testing.provider_suite import good_value
+from scaling_credentials_vault import TokenAuth, VaultProvider
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 

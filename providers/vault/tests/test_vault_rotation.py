@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import hvac
 import pytest
-from scaling_credentials_vault import AppRoleAuth, VaultAuth, VaultProvider, VaultToken
 
 from scaling_credentials import KeyCache, ScalingAuth
 from scaling_credentials.testing import FakeScalingAPI
+from scaling_credentials_vault import AppRoleAuth, VaultAuth, VaultProvider, VaultToken
 
 ROTATIONS = 3
 THREADS = 8

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hvac.exceptions
 import pytest
 import requests
-from scaling_credentials_vault._errors import VaultCallError, call, scrub
 
 from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
+from scaling_credentials_vault._errors import VaultCallError, call, scrub
 
 TOKEN = "hvs.CAESIJ3n0tArEalT0kenButL0ng"
 KEY = good_value("scrub")

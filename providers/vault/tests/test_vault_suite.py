@@ -9,10 +9,10 @@ from typing import Any
 
 import hvac
 import pytest
-from scaling_credentials_vault import AppRoleAuth, TokenAuth, VaultProvider
 
 from scaling_credentials import Provider
 from scaling_credentials.testing.provider_suite import ProviderTests, good_value
+from scaling_credentials_vault import AppRoleAuth, TokenAuth, VaultProvider
 
 
 class TestVaultKV2(ProviderTests):

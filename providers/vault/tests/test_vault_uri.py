@@ -9,13 +9,6 @@ from typing import Any
 
 import hvac
 import pytest
-from scaling_credentials_vault import (
-    AppRoleAuth,
-    JWTAuth,
-    KubernetesAuth,
-    TokenAuth,
-    VaultProvider,
-)
 
 from scaling_credentials import (
     ConfigurationError,
@@ -25,6 +18,13 @@ from scaling_credentials import (
 )
 from scaling_credentials._registry import installed_schemes
 from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
+from scaling_credentials_vault import (
+    AppRoleAuth,
+    JWTAuth,
+    KubernetesAuth,
+    TokenAuth,
+    VaultProvider,
+)
 
 ADDR = "http://127.0.0.1:8200"
 
