@@ -412,13 +412,10 @@ class KeyCache:
         self, now: float, rejected: ApiKey | None
     ) -> tuple[_Action, ApiKey | None, _Flight | None, RefreshOutcome]:
         entry = self._entry
-        if entry is not None and now > entry.expires_at + self._max_stale:
-            # Past its stale window the held key is as good as none: never hand it out.
-            return (*self._plan_get(now), "fetched")
-        if rejected is not None and entry is not None and entry.key != rejected:
-            if now < entry.expires_at:
-                return "hit", entry.key, None, "cached"
-            return (*self._plan_get(now), "fetched")  # expired: the TTL rules apply
+        # Past its stale window the held key is as good as none: never hand it out.
+        dead = entry is not None and now > entry.expires_at + self._max_stale
+        if rejected is not None and entry is not None and not dead and entry.key != rejected:
+            return "hit", entry.key, None, "cached"
         self._drop_hung_flight()
         flight = self._flight
         if flight is not None:
@@ -428,7 +425,10 @@ class KeyCache:
         recently = self._last_forced_at is not None and (
             now - self._last_forced_at < self._min_refresh_interval
         )
-        if recently or self._in_backoff(now):
+        backoff = self._in_backoff(now)
+        if dead and (recently or backoff):
+            return (*self._plan_get(now), "fetched")  # raises in backoff
+        if recently or backoff:
             outcome: RefreshOutcome = "skipped-interval" if recently else "skipped-backoff"
             logger.info(
                 "forced refresh of %s skipped (%s); keeping %s",
