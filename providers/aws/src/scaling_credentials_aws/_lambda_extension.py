@@ -13,7 +13,6 @@ installed. Plain fetches never import boto3.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import importlib.util
@@ -25,8 +24,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -79,8 +77,7 @@ class _RefreshNowRefused(Exception):
     """A 400 without an AWS error type to a request carrying refreshNow."""
 
 
-@dataclass(frozen=True)
-class _Answer:
+class _Answer(NamedTuple):
     status: int
     body: bytes
 
@@ -429,6 +426,8 @@ class LambdaExtensionProvider(Provider):
                             raise self._unreachable(exc) from exc
                         raise self._ready_error(str(exc)) from None
                     logger.info("%s: extension not ready (%s), retrying", self.describe(), exc)
+                    import asyncio  # lazily: ~25 ms at cold start, needed only here
+
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.5)
                 except httpx.TimeoutException as exc:
