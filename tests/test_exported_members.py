@@ -43,8 +43,12 @@ TESTING = [
     "FaultyProvider",
     "MemoryProvider",
     "RecordedRequest",
+    "RotationRun",
     "ScriptedResponse",
     "free_port",
+    "rotate_and_revoke",
+    "run_rotation_tasks",
+    "run_rotation_threads",
 ]
 
 PROVIDER_SUITE = ["BAD_VALUES", "ProviderTests", "assert_no_secret"]

@@ -1,9 +1,11 @@
 """Testing helpers: :class:`FakeScalingAPI`, the ``scaling_api`` pytest fixture (plugin
 ``scaling_credentials.testing.pytest_plugin``) and the shared provider test suite
-(:mod:`scaling_credentials.testing.provider_suite`, which needs pytest)."""
+(:mod:`scaling_credentials.testing.provider_suite`, which needs pytest), test doubles, and
+a rotation-under-load harness (:func:`run_rotation_threads`, :func:`run_rotation_tasks`)."""
 
 from ._fake_api import FakeScalingAPI, RecordedRequest, ScriptedResponse, free_port
 from ._helpers import FakeClock, FaultyProvider, MemoryProvider
+from ._rotation import RotationRun, rotate_and_revoke, run_rotation_tasks, run_rotation_threads
 
 __all__ = [
     "FakeClock",
@@ -11,6 +13,10 @@ __all__ = [
     "FaultyProvider",
     "MemoryProvider",
     "RecordedRequest",
+    "RotationRun",
     "ScriptedResponse",
     "free_port",
+    "rotate_and_revoke",
+    "run_rotation_tasks",
+    "run_rotation_threads",
 ]
