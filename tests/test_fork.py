@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from scaling_credentials import FileProvider, KeyCache, ScalingAuth
-from scaling_credentials.testing import FakeScalingAPI
+from scaling_credentials.testing import FakeScalingAPI, rotate_and_revoke, run_prefork_rotation
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -46,18 +46,11 @@ def write_key(path: Path, value: str) -> None:
 
 
 class Board:
-    """Shared memory between the parent and its children: a stop flag, then one slot
-    (ok, failed, fetches, done) per child."""
+    """Shared memory between the parent and its children: one slot (ok, failed, fetches,
+    done) per child."""
 
     def __init__(self, children: int) -> None:
         self.memory = mmap.mmap(-1, 8 + SLOT.size * children)
-
-    def stop(self) -> None:
-        self.memory[0:8] = struct.pack("q", 1)
-
-    @property
-    def stopping(self) -> bool:
-        return struct.unpack("q", self.memory[0:8])[0] == 1
 
     def write(self, child: int, ok: int, failed: int, fetches: int, done: int = 0) -> None:
         offset = 8 + SLOT.size * child
@@ -94,14 +87,6 @@ def wait_child(pid: int, timeout: float = CHILD_TIMEOUT) -> int:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     pytest.fail(f"child {pid} did not finish within {timeout} s")
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)  # polling child processes' shared counters
 
 
 def test_a_warm_cache_and_auth_work_in_the_child(api: FakeScalingAPI, tmp_path: Path) -> None:
@@ -163,53 +148,22 @@ def test_pre_fork_server_pattern_with_rotation(
     file, then the old one revoked) while every worker sends requests: all workers exit
     0 with zero failed requests."""
     path = tmp_path / "api-key"
-    key = api.issue_key()
-    write_key(path, key)
+    keys = [api.issue_key()]
+    write_key(path, keys[0])
     cache = KeyCache(FileProvider(path), ttl=3600, min_refresh_interval=0)
     auth = ScalingAuth(cache)
     cache.get()  # warm-up before the fork
-    board = Board(children)
-
-    def worker(index: int) -> Callable[[], int]:
-        def body() -> int:
-            ok = failed = 0
-            start = cache.stats.fetches
-            with httpx.Client(base_url=api.url, auth=auth, timeout=10) as client:
-                for _ in range(100_000):  # bounded; the parent says when to stop
-                    if board.stopping:
-                        break
-                    try:
-                        status = client.get(PATH).status_code
-                    except httpx.HTTPError:
-                        status = 0
-                    ok, failed = (ok + 1, failed) if status == 200 else (ok, failed + 1)
-                    board.write(index, ok, failed, cache.stats.fetches - start)
-            board.write(index, ok, failed, cache.stats.fetches - start, 1)
-            return 0 if failed == 0 else 3
-
-        return body
-
-    pids = [fork_child(worker(i)) for i in range(children)]
-    try:
-
-        def all_advanced(by: int, since: list[int]) -> Callable[[], bool]:
-            return lambda: all(board.read(i)[0] >= since[i] + by for i in range(children))
-
-        wait_until(all_advanced(3, [0] * children), "every worker to serve")
-        for _ in range(3):
-            new = api.rotate()
-            write_key(path, new)  # the new key reaches the source first...
-            api.revoke(key)  # ...then the old one is deleted
-            key = new
-            since = [board.read(i)[0] for i in range(children)]
-            wait_until(all_advanced(3, since), "every worker to serve after a rotation")
-    finally:
-        board.stop()
-        codes = [wait_child(pid) for pid in pids]
-    slots = [board.read(i) for i in range(children)]
-    assert codes == [0] * children, slots
-    assert all(failed == 0 and done == 1 for _, failed, _, done in slots), slots
+    run = run_prefork_rotation(
+        api,
+        auth,
+        lambda _: keys.append(rotate_and_revoke(api, lambda v: write_key(path, v), keys[-1])),
+        workers=children,
+        rotations=3,
+    )
+    slots = run.workers
+    assert run.codes == [0] * children, slots
+    assert all(w.failed == 0 and w.done == 1 for w in slots), slots
     # Each worker fetched on its own, once per rotation it noticed (at most three).
-    assert all(1 <= fetches <= 3 for _, _, fetches, _ in slots), slots
+    assert all(1 <= w.fetches <= 3 for w in slots), slots
     rejected = [r for r in api.requests if r.status == 401]
     assert len(rejected) <= children * 3 * 2, "workers looped on 401s"

@@ -12,12 +12,9 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import mmap
 import os
 import random
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -38,7 +35,13 @@ from scaling_credentials import (
     redact_logging,
 )
 from scaling_credentials._redact import KeyRedactingFilter
-from scaling_credentials.testing import FakeClock, FakeScalingAPI, FaultyProvider, free_port
+from scaling_credentials.testing import (
+    FakeClock,
+    FakeScalingAPI,
+    FaultyProvider,
+    free_port,
+    run_prefork_rotation,
+)
 from scaling_credentials.testing.provider_suite import assert_no_secret
 from scaling_credentials_aws import SecretsManagerProvider
 
@@ -332,9 +335,6 @@ def test_botocore_debug_logs_the_key_unless_redact_logging_is_on(
 # ---------------------------------------------------------------------------- pre-fork pattern
 
 
-SLOT = struct.Struct("qqqq")  # ok, failed, fetches, fresh boto3 client
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_pre_fork_workers_each_build_a_boto3_client_and_follow_a_rotation(
     api: FakeScalingAPI,
@@ -344,7 +344,6 @@ def test_pre_fork_workers_each_build_a_boto3_client_and_follow_a_rotation(
     put: Callable[..., str],
     boto_session: boto3.session.Session,
 ) -> None:
-    children = 3
     key = api.issue_key()
     put(sm, secret_name, SecretString=key)
     provider = SecretsManagerProvider(secret_name, endpoint_url=moto_endpoint, session=boto_session)
@@ -352,71 +351,22 @@ def test_pre_fork_workers_each_build_a_boto3_client_and_follow_a_rotation(
     auth = ScalingAuth(cache)
     cache.get()  # warm: the parent's boto3 client exists now
     parent_client = provider._get_client()
-    board = mmap.mmap(-1, 8 + SLOT.size * children)
 
-    def child(index: int) -> int:
-        ok = failed = 0
-        offset = 8 + SLOT.size * index
-        start = cache.stats.fetches
-        with httpx.Client(base_url=api.url, auth=auth, timeout=10) as client:
-            for _ in range(100_000):  # bounded; the parent says when to stop
-                if struct.unpack("q", board[0:8])[0]:
-                    break
-                status = client.get(PATH).status_code
-                ok, failed = (ok + 1, failed) if status == 200 else (ok, failed + 1)
-                fresh = int(provider._client is not None and provider._client is not parent_client)
-                board[offset : offset + SLOT.size] = SLOT.pack(
-                    ok, failed, cache.stats.fetches - start, fresh
-                )
-        return 0 if failed == 0 else 3
-
-    pids = []
-    for index in range(children):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                code = child(index)
-            finally:
-                os._exit(code)
-        pids.append(pid)
-
-    def slot(index: int) -> tuple[int, int, int, int]:
-        offset = 8 + SLOT.size * index
-        ok, failed, fetches, fresh = SLOT.unpack(board[offset : offset + SLOT.size])
-        return ok, failed, fetches, fresh
-
-    def wait_advanced(since: list[int], by: int = 3) -> None:
-        deadline = time.monotonic() + 60
-        while not all(slot(i)[0] >= since[i] + by for i in range(children)):
-            assert time.monotonic() < deadline, [slot(i) for i in range(children)]
-            time.sleep(0.01)  # polling the children's counters
-
-    codes: list[int] = []
-    try:
-        wait_advanced([0] * children)
+    def rotate(_: int) -> None:
         new = api.rotate()
         put(sm, secret_name, SecretString=new)  # a new AWSCURRENT version ...
         api.revoke(key)  # ... then the old key is revoked
-        wait_advanced([slot(i)[0] for i in range(children)])
-    finally:
-        board[0:8] = struct.pack("q", 1)
-        for pid in pids:
-            deadline = time.monotonic() + 60
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    codes.append(os.waitstatus_to_exitcode(status))
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    codes.append(-9)
-                    break
-                time.sleep(0.02)  # waiting for a child process
-    slots = [slot(i) for i in range(children)]
-    assert codes == [0] * children, slots
-    assert all(failed == 0 for _, failed, _, _ in slots), slots
-    assert all(fetches == 1 for _, _, fetches, _ in slots), slots  # one forced fetch each
-    assert all(fresh == 1 for _, _, _, fresh in slots), "a child reused the parent's client"
+
+    run = run_prefork_rotation(
+        api,
+        auth,
+        rotate,
+        workers=3,
+        probe=lambda: provider._client is not None and provider._client is not parent_client,
+    )
+    slots = run.workers
+    assert run.codes == [0] * 3, slots
+    assert all(w.failed == 0 for w in slots), slots
+    assert all(w.fetches == 1 for w in slots), slots  # one forced fetch each
+    assert all(w.probe == 1 for w in slots), "a child reused the parent's client"
     assert provider._get_client() is parent_client  # the parent keeps its own

@@ -12,14 +12,10 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import mmap
 import os
 import random
-import signal
 import socket
-import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,7 +24,13 @@ import hvac
 import pytest
 
 from scaling_credentials import ApiKey, KeyCache, ProviderError, ProviderTimeoutError, ScalingAuth
-from scaling_credentials.testing import FakeClock, FakeScalingAPI, FaultyProvider, free_port
+from scaling_credentials.testing import (
+    FakeClock,
+    FakeScalingAPI,
+    FaultyProvider,
+    free_port,
+    run_prefork_rotation,
+)
 from scaling_credentials.testing.provider_suite import assert_no_secret
 from scaling_credentials_vault import TokenAuth, VaultProvider
 
@@ -276,9 +278,6 @@ def test_debug_logs_hold_no_key_and_no_vault_token(
 # ---------------------------------------------------------------------------- pre-fork pattern
 
 
-SLOT = struct.Struct("qqqq")  # ok, failed, fetches, new HTTP session
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_pre_fork_workers_each_open_their_own_session_and_follow_a_rotation(
     api: FakeScalingAPI,
@@ -287,7 +286,6 @@ def test_pre_fork_workers_each_open_their_own_session_and_follow_a_rotation(
     secret_path: str,
     vault_env: pytest.MonkeyPatch,
 ) -> None:
-    children = 3
     key = api.issue_key()
     bao_root.secrets.kv.v2.create_or_update_secret(path=secret_path, secret={"api_key": key})
     provider = VaultProvider(secret_path, url=bao.url, auth=TokenAuth(bao.root_token))
@@ -295,76 +293,24 @@ def test_pre_fork_workers_each_open_their_own_session_and_follow_a_rotation(
     auth = ScalingAuth(cache)
     cache.get()  # warm: logged in, a pooled session exists in the parent
     parent_session = provider._current_session()[0].client.session
-    board = mmap.mmap(-1, 8 + SLOT.size * children)
 
-    def child(index: int) -> int:
-        ok = failed = 0
-        offset = 8 + SLOT.size * index
-        start = cache.stats.fetches
-        with httpx.Client(base_url=api.url, auth=auth, timeout=10) as client:
-            for _ in range(100_000):  # bounded; the parent says when to stop
-                if struct.unpack("q", board[0:8])[0]:
-                    break
-                status = client.get(PATH).status_code
-                ok, failed = (ok + 1, failed) if status == 200 else (ok, failed + 1)
-                current = provider._session
-                fresh = int(
-                    current is not None
-                    and current.client is not None
-                    and current.client.session is not parent_session
-                )
-                board[offset : offset + SLOT.size] = SLOT.pack(
-                    ok, failed, cache.stats.fetches - start, fresh
-                )
-        return 0 if failed == 0 else 3
+    def own_session() -> bool:
+        current = provider._session
+        return (
+            current is not None
+            and current.client is not None
+            and current.client.session is not parent_session
+        )
 
-    pids = []
-    for index in range(children):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                code = child(index)
-            finally:
-                os._exit(code)
-        pids.append(pid)
-
-    def slot(index: int) -> tuple[int, int, int, int]:
-        offset = 8 + SLOT.size * index
-        ok, failed, fetches, fresh = SLOT.unpack(board[offset : offset + SLOT.size])
-        return ok, failed, fetches, fresh
-
-    def wait_advanced(since: list[int], by: int = 3) -> None:
-        deadline = time.monotonic() + 60
-        while not all(slot(i)[0] >= since[i] + by for i in range(children)):
-            assert time.monotonic() < deadline, [slot(i) for i in range(children)]
-            time.sleep(0.01)  # polling the children's counters
-
-    codes: list[int] = []
-    try:
-        wait_advanced([0] * children)
+    def rotate(_: int) -> None:
         new = api.rotate()
         bao_root.secrets.kv.v2.create_or_update_secret(path=secret_path, secret={"api_key": new})
         api.revoke(key)
-        wait_advanced([slot(i)[0] for i in range(children)])
-    finally:
-        board[0:8] = struct.pack("q", 1)
-        for pid in pids:
-            deadline = time.monotonic() + 60
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    codes.append(os.waitstatus_to_exitcode(status))
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    codes.append(-9)
-                    break
-                time.sleep(0.02)  # waiting for a child process
-    slots = [slot(i) for i in range(children)]
-    assert codes == [0] * children, slots
-    assert all(failed == 0 for _, failed, _, _ in slots), slots
-    assert all(fetches == 1 for _, _, fetches, _ in slots), slots
-    assert all(fresh == 1 for _, _, _, fresh in slots), "a child reused the parent's session"
+
+    run = run_prefork_rotation(api, auth, rotate, workers=3, probe=own_session)
+    slots = run.workers
+    assert run.codes == [0] * 3, slots
+    assert all(w.failed == 0 for w in slots), slots
+    assert all(w.fetches == 1 for w in slots), slots
+    assert all(w.probe == 1 for w in slots), "a child reused the parent's session"
     assert provider._current_session()[0].client.session is parent_session

@@ -1,22 +1,34 @@
 """Testing helpers: :class:`FakeScalingAPI`, the ``scaling_api`` pytest fixture (plugin
 ``scaling_credentials.testing.pytest_plugin``) and the shared provider test suite
 (:mod:`scaling_credentials.testing.provider_suite`, which needs pytest), test doubles, and
-a rotation-under-load harness (:func:`run_rotation_threads`, :func:`run_rotation_tasks`)."""
+a rotation-under-load harness (:func:`run_rotation_threads`, :func:`run_rotation_tasks`,
+:func:`run_prefork_rotation`)."""
 
 from ._fake_api import FakeScalingAPI, RecordedRequest, ScriptedResponse, free_port
 from ._helpers import FakeClock, FaultyProvider, MemoryProvider
-from ._rotation import RotationRun, rotate_and_revoke, run_rotation_tasks, run_rotation_threads
+from ._rotation import (
+    PreforkRun,
+    RotationRun,
+    WorkerReport,
+    rotate_and_revoke,
+    run_prefork_rotation,
+    run_rotation_tasks,
+    run_rotation_threads,
+)
 
 __all__ = [
     "FakeClock",
     "FakeScalingAPI",
     "FaultyProvider",
     "MemoryProvider",
+    "PreforkRun",
     "RecordedRequest",
     "RotationRun",
     "ScriptedResponse",
+    "WorkerReport",
     "free_port",
     "rotate_and_revoke",
+    "run_prefork_rotation",
     "run_rotation_tasks",
     "run_rotation_threads",
 ]

@@ -5,15 +5,29 @@ for every provider; a third-party provider's tests can use it the same way."""
 from __future__ import annotations
 
 import asyncio
+import mmap
+import os
+import signal
+import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 import httpx
 
+from .._auth import ScalingAuth
 from ._fake_api import FakeScalingAPI
 
-__all__ = ["RotationRun", "rotate_and_revoke", "run_rotation_tasks", "run_rotation_threads"]
+__all__ = [
+    "PreforkRun",
+    "RotationRun",
+    "WorkerReport",
+    "rotate_and_revoke",
+    "run_prefork_rotation",
+    "run_rotation_tasks",
+    "run_rotation_threads",
+]
 
 PATH = "/oncall/schedules"
 
@@ -140,3 +154,133 @@ def run_rotation_tasks(
 
     asyncio.run(asyncio.wait_for(scenario(), timeout))
     return RotationRun(statuses, retried)
+
+
+class WorkerReport(NamedTuple):
+    """What one forked worker reported: requests answered 200 and not, forced-or-TTL
+    fetches it made itself, the last value of the probe (1 true, 0 false), and whether it
+    finished its loop (1) rather than dying."""
+
+    ok: int
+    failed: int
+    fetches: int
+    probe: int
+    done: int
+
+
+class PreforkRun(NamedTuple):
+    """Every worker's exit code (-9 when it had to be killed) and report."""
+
+    codes: list[int]
+    workers: list[WorkerReport]
+
+
+_SLOT = struct.Struct("qqqqq")
+
+
+class _Board:
+    """Shared memory between the parent and its forked workers: a stop flag, then one
+    report slot per worker."""
+
+    def __init__(self, workers: int) -> None:
+        self.memory = mmap.mmap(-1, 8 + _SLOT.size * workers)
+        self.workers = workers
+
+    def stop(self) -> None:
+        self.memory[0:8] = struct.pack("q", 1)
+
+    @property
+    def stopping(self) -> bool:
+        return bool(struct.unpack("q", self.memory[0:8])[0])
+
+    def write(self, index: int, report: WorkerReport) -> None:
+        offset = 8 + _SLOT.size * index
+        self.memory[offset : offset + _SLOT.size] = _SLOT.pack(*report)
+
+    def read(self, index: int) -> WorkerReport:
+        offset = 8 + _SLOT.size * index
+        return WorkerReport(*_SLOT.unpack(self.memory[offset : offset + _SLOT.size]))
+
+    def wait_all_advanced(self, by: int, timeout: float) -> None:
+        since = [self.read(i).ok for i in range(self.workers)]
+        deadline = time.monotonic() + timeout
+        while not all(self.read(i).ok >= since[i] + by for i in range(self.workers)):
+            if time.monotonic() > deadline:
+                reports = [self.read(i) for i in range(self.workers)]
+                raise AssertionError(f"workers stopped making progress: {reports}")
+            time.sleep(0.01)  # polling the workers' shared counters, not a TTL
+
+
+def _wait_child(pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)  # waiting for a child process
+    os.kill(pid, signal.SIGKILL)  # stopped by the pid we started
+    os.waitpid(pid, 0)
+    return -9
+
+
+def run_prefork_rotation(
+    api: FakeScalingAPI,
+    auth: ScalingAuth,
+    rotate: Callable[[int], None],
+    *,
+    workers: int = 3,
+    rotations: int = 1,
+    probe: Callable[[], bool] | None = None,
+    timeout: float = 60.0,
+) -> PreforkRun:
+    """The pre-fork server pattern (gunicorn ``--preload``, uWSGI, Celery prefork): the
+    caller warms ``auth``'s cache in the parent; this forks ``workers`` processes, each
+    sending requests through ``auth`` on its own :class:`httpx.Client` (created after the
+    fork), while ``rotate(n)`` is called ``rotations`` times in the parent. ``probe`` runs
+    in each worker after every request (say, "does this worker use its own backend
+    client?"). ``api`` must run in the parent: its thread does not survive a fork."""
+    if not hasattr(os, "fork"):
+        raise RuntimeError("run_prefork_rotation needs os.fork")
+    cache = auth.cache
+    board = _Board(workers)
+
+    def work(index: int) -> int:
+        ok = failed = last_probe = 0
+        start = cache.stats.fetches
+        with httpx.Client(base_url=api.url, auth=auth, timeout=10) as client:
+            for _ in range(100_000):  # bounded; the parent says when to stop
+                if board.stopping:
+                    break
+                try:
+                    status = client.get(PATH).status_code
+                except httpx.HTTPError:
+                    status = 0
+                ok, failed = (ok + 1, failed) if status == 200 else (ok, failed + 1)
+                last_probe = int(probe()) if probe is not None else 1
+                fetches = cache.stats.fetches - start
+                board.write(index, WorkerReport(ok, failed, fetches, last_probe, 0))
+        board.write(index, WorkerReport(ok, failed, cache.stats.fetches - start, last_probe, 1))
+        return 0 if failed == 0 else 3
+
+    pids: list[int] = []
+    codes: list[int] = []
+    try:
+        for index in range(workers):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                code = 1
+                try:
+                    code = work(index)
+                except BaseException:  # the exit code says it failed
+                    code = 1
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        board.wait_all_advanced(3, timeout)
+        for number in range(rotations):
+            rotate(number)
+            board.wait_all_advanced(3, timeout)
+    finally:
+        board.stop()
+        codes = [_wait_child(pid, timeout) for pid in pids]
+    return PreforkRun(codes, [board.read(i) for i in range(workers)])
