@@ -305,12 +305,6 @@ def test_repr_holds_no_secret() -> None:
 # ---------------------------------------------------------------------------- real clients
 
 
-@pytest.fixture
-def api() -> Iterator[FakeScalingAPI]:
-    with FakeScalingAPI() as server:
-        yield server
-
-
 def test_sync_client_against_the_fake_api(api: FakeScalingAPI) -> None:
     old = api.issue_key()
     provider = MemoryProvider(old)

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,12 +90,6 @@ def run_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
         return Ran(code, out, err)
 
     return run
-
-
-@pytest.fixture
-def api() -> Iterator[FakeScalingAPI]:
-    with FakeScalingAPI() as server:
-        yield server
 
 
 # --------------------------------------------------------------------------- basics

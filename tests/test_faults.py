@@ -35,12 +35,6 @@ PATH = "/oncall/schedules"
 STEP = 0.125  # exact in binary floating point: the fake clock does not drift
 
 
-@pytest.fixture
-def api() -> Iterator[FakeScalingAPI]:
-    with FakeScalingAPI() as server:
-        yield server
-
-
 @dataclass
 class Rig:
     api: FakeScalingAPI

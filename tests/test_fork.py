@@ -16,7 +16,7 @@ import os
 import signal
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -30,12 +30,6 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 PATH = "/oncall/schedules"
 CHILD_TIMEOUT = 60.0
 SLOT = struct.Struct("qqqq")  # ok, failed, fetches, done
-
-
-@pytest.fixture
-def api() -> Iterator[FakeScalingAPI]:
-    with FakeScalingAPI() as server:
-        yield server
 
 
 def write_key(path: Path, value: str) -> None:

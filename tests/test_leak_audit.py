@@ -151,12 +151,6 @@ def audit() -> Iterator[Audit]:
             logging.getLogger(name).setLevel(level)
 
 
-@pytest.fixture
-def api() -> Iterator[FakeScalingAPI]:
-    with FakeScalingAPI() as server:
-        yield server
-
-
 # ---------------------------------------------------------------------------- the scenarios
 
 

@@ -77,12 +77,6 @@ MALFORMED_401: dict[str, tuple[bytes, str]] = {
 }
 
 
-@pytest.fixture
-def api() -> Iterator[FakeScalingAPI]:
-    with FakeScalingAPI() as server:
-        yield server
-
-
 def make_auth(value: str) -> tuple[ScalingAuth, MemoryProvider]:
     provider = MemoryProvider(value)
     cache = KeyCache(provider, clock=FakeClock(), min_refresh_interval=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,12 +24,6 @@ from scaling_credentials.testing import (
 ROTATIONS = 3
 THREADS = 8
 TASKS = 200
-
-
-@pytest.fixture
-def api() -> Iterator[FakeScalingAPI]:
-    with FakeScalingAPI() as server:
-        yield server
 
 
 def atomic_write(path: Path, value: str) -> None:

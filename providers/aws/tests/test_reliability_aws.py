@@ -54,12 +54,6 @@ def token(key: str) -> str:
     return key.removeprefix("scl_live_")
 
 
-@pytest.fixture
-def api() -> Iterator[FakeScalingAPI]:
-    with FakeScalingAPI() as server:
-        yield server
-
-
 class Moto:
     """A ``moto.server`` process of our own on a fixed port, so that it can be stopped
     and started again at the same address (its state is in memory: a restart is empty)."""

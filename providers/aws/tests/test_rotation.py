@@ -56,12 +56,6 @@ class FakeClock:
         self.now += seconds
 
 
-@pytest.fixture
-def api() -> Any:
-    with FakeScalingAPI() as fake:
-        yield fake
-
-
 def _rotate(api: FakeScalingAPI, sm: Any, secret: str, old: str) -> str:
     """What a rotation Lambda and the dashboard do: a new key, AWSCURRENT moved to it,
     then the old key revoked."""

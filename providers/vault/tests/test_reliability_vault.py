@@ -42,12 +42,6 @@ def token(key: str) -> str:
     return key.removeprefix("scl_live_")
 
 
-@pytest.fixture
-def api() -> Iterator[FakeScalingAPI]:
-    with FakeScalingAPI() as server:
-        yield server
-
-
 class Restartable:
     """A ``bao server -dev`` on a fixed port and root token, so that it can be stopped
     and started again at the same address (dev mode keeps its data in memory: a restart

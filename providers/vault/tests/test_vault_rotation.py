@@ -41,12 +41,6 @@ class Counting(VaultAuth):
 
 
 @pytest.fixture
-def api() -> Iterator[FakeScalingAPI]:
-    with FakeScalingAPI() as server:
-        yield server
-
-
-@pytest.fixture
 def vault_source(
     bao: Any, bao_root: hvac.Client, secret_path: str, vault_env: pytest.MonkeyPatch
 ) -> Iterator[tuple[VaultProvider, Counting, Callable[[str], None]]]:
