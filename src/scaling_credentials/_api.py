@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, NamedTuple
 
 import httpx
@@ -13,9 +14,11 @@ from ._version import __version__
 __all__ = [
     "DEFAULT_BASE_URL",
     "ErrorBody",
+    "aread_error_body",
     "async_scaling_client",
     "parse_error_body",
     "raise_for_scaling_error",
+    "read_error_body",
     "scaling_client",
 ]
 
@@ -57,17 +60,113 @@ def parse_error_body(content: bytes) -> ErrorBody:
     return ErrorBody(type=text("type"), code=text("code"), request_id=text("requestId"))
 
 
-def _body_if_small(response: httpx.Response) -> bytes:
+def _length(response: httpx.Response) -> int | None:
+    """Content-Length as an int; -1 when it is malformed; None when absent."""
     length = response.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_ERROR_BODY):
-        return b""
+    if length is None:
+        return None
+    return int(length) if length.isdigit() else -1
+
+
+def _is_identity(response: httpx.Response) -> bool:
+    return response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
+
+
+class _ReplaySync(httpx.SyncByteStream):
+    """The bytes already read, then the rest of the original stream, unread."""
+
+    def __init__(self, head: list[bytes], rest: Iterator[bytes], original: httpx.SyncByteStream):
+        self._head, self._rest, self._original = head, rest, original
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._head
+        yield from self._rest
+
+    def close(self) -> None:
+        self._original.close()
+
+
+class _ReplayAsync(httpx.AsyncByteStream):
+    """The async twin of :class:`_ReplaySync`."""
+
+    def __init__(
+        self, head: list[bytes], rest: AsyncIterator[bytes], original: httpx.AsyncByteStream
+    ):
+        self._head, self._rest, self._original = head, rest, original
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._head:
+            yield chunk
+        async for chunk in self._rest:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._original.aclose()
+
+
+def _already_read(response: httpx.Response) -> bytes | None:
     try:
         return response.content
     except httpx.ResponseNotRead:
-        try:
-            return response.read()
-        except (RuntimeError, httpx.StreamError):  # an async stream not yet read
-            return b""
+        return None
+
+
+def read_error_body(response: httpx.Response) -> bytes | None:
+    """An error answer's body when it may be the API's error JSON, read at most
+    ``MAX_ERROR_BODY + 1`` bytes deep; ``None`` when it is larger (then whatever was read
+    is put back in front of the unread rest, so the caller still gets the whole response,
+    streaming). A body that stalls or never ends does not hold the request. Raises
+    :class:`RuntimeError` for an async stream (use :func:`aread_error_body`)."""
+    length = _length(response)
+    if length is not None and not 0 <= length <= MAX_ERROR_BODY:
+        return None  # too large, or a length that cannot be trusted
+    content = _already_read(response)
+    if content is not None or length is not None:
+        return content if content is not None else response.read()
+    stream = response.stream
+    if not _is_identity(response) or not isinstance(stream, httpx.SyncByteStream):
+        return response.read()  # compressed: only httpx's reader can decode it
+    head: list[bytes] = []
+    size = 0
+    rest = iter(stream)
+    for chunk in rest:
+        head.append(chunk)
+        size += len(chunk)
+        if size > MAX_ERROR_BODY:
+            response.stream = _ReplaySync(head, rest, stream)
+            return None
+    response.stream = _ReplaySync(head, iter(()), stream)
+    return response.read()
+
+
+async def aread_error_body(response: httpx.Response) -> bytes | None:
+    """The async twin of :func:`read_error_body`."""
+    length = _length(response)
+    if length is not None and not 0 <= length <= MAX_ERROR_BODY:
+        return None
+    content = _already_read(response)
+    if content is not None or length is not None:
+        return content if content is not None else await response.aread()
+    stream = response.stream
+    if not _is_identity(response) or not isinstance(stream, httpx.AsyncByteStream):
+        return await response.aread()
+    head: list[bytes] = []
+    size = 0
+    rest = stream.__aiter__()
+    async for chunk in rest:
+        head.append(chunk)
+        size += len(chunk)
+        if size > MAX_ERROR_BODY:
+            response.stream = _ReplayAsync(head, rest, stream)
+            return None
+    response.stream = _ReplayAsync(head, _empty(), stream)
+    return await response.aread()
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    nothing: tuple[bytes, ...] = ()
+    for chunk in nothing:  # an async generator that yields nothing
+        yield chunk
 
 
 def raise_for_scaling_error(response: httpx.Response) -> httpx.Response:
@@ -78,7 +177,11 @@ def raise_for_scaling_error(response: httpx.Response) -> httpx.Response:
     """
     if 200 <= response.status_code < 300:
         return response
-    body = parse_error_body(_body_if_small(response))
+    try:
+        content = read_error_body(response) or b""
+    except (RuntimeError, httpx.StreamError):  # an async stream not yet read
+        content = b""
+    body = parse_error_body(content)
     request_id = body.request_id
     if request_id is None and (body.type or body.code):
         # The documented body without its requestId: the header is the API's own. For any

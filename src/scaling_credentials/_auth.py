@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterable
 from datetime import timedelta
 from typing import Literal
 
 import httpx
 
-from ._api import MAX_ERROR_BODY, parse_error_body
+from ._api import aread_error_body, parse_error_body, read_error_body
 from ._cache import KeyCache, RefreshOutcome
 from ._errors import ConfigurationError, ScalingCredentialsError
 from ._key import ApiKey
@@ -100,114 +100,6 @@ def is_key_rejection(response: httpx.Response) -> bool:
     if response.status_code != 401:
         return False
     return parse_error_body(response.content).code == "invalid_api_key"
-
-
-def _length(response: httpx.Response) -> int | None:
-    """Content-Length as an int; -1 when it is malformed; None when absent."""
-    length = response.headers.get("content-length")
-    if length is None:
-        return None
-    return int(length) if length.isdigit() else -1
-
-
-def _is_identity(response: httpx.Response) -> bool:
-    return response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
-
-
-class _ReplaySync(httpx.SyncByteStream):
-    """The bytes already read, then the rest of the original stream, unread."""
-
-    def __init__(self, head: list[bytes], rest: Iterator[bytes], original: httpx.SyncByteStream):
-        self._head, self._rest, self._original = head, rest, original
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._head
-        yield from self._rest
-
-    def close(self) -> None:
-        self._original.close()
-
-
-class _ReplayAsync(httpx.AsyncByteStream):
-    """The async twin of :class:`_ReplaySync`."""
-
-    def __init__(
-        self, head: list[bytes], rest: AsyncIterator[bytes], original: httpx.AsyncByteStream
-    ):
-        self._head, self._rest, self._original = head, rest, original
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self._head:
-            yield chunk
-        async for chunk in self._rest:
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._original.aclose()
-
-
-def _already_read(response: httpx.Response) -> bytes | None:
-    try:
-        return response.content
-    except httpx.ResponseNotRead:
-        return None
-
-
-def read_401_body(response: httpx.Response) -> bytes | None:
-    """The body of a 401 when it may be the API's error JSON, read at most
-    ``MAX_ERROR_BODY + 1`` bytes deep; ``None`` when it is larger (then whatever was read
-    is put back in front of the unread rest, so the caller still gets the whole response,
-    streaming). A body that stalls or never ends does not hold the request."""
-    content = _already_read(response)
-    if content is not None:
-        return content
-    length = _length(response)
-    if length is not None:
-        return response.read() if 0 <= length <= MAX_ERROR_BODY else None
-    stream = response.stream
-    if not _is_identity(response) or not isinstance(stream, httpx.SyncByteStream):
-        return response.read()  # compressed: only httpx's reader can decode it
-    head: list[bytes] = []
-    size = 0
-    rest = iter(stream)
-    for chunk in rest:
-        head.append(chunk)
-        size += len(chunk)
-        if size > MAX_ERROR_BODY:
-            response.stream = _ReplaySync(head, rest, stream)
-            return None
-    response.stream = _ReplaySync(head, iter(()), stream)
-    return response.read()
-
-
-async def aread_401_body(response: httpx.Response) -> bytes | None:
-    """The async twin of :func:`read_401_body`."""
-    content = _already_read(response)
-    if content is not None:
-        return content
-    length = _length(response)
-    if length is not None:
-        return await response.aread() if 0 <= length <= MAX_ERROR_BODY else None
-    stream = response.stream
-    if not _is_identity(response) or not isinstance(stream, httpx.AsyncByteStream):
-        return await response.aread()
-    head: list[bytes] = []
-    size = 0
-    rest = stream.__aiter__()
-    async for chunk in rest:
-        head.append(chunk)
-        size += len(chunk)
-        if size > MAX_ERROR_BODY:
-            response.stream = _ReplayAsync(head, rest, stream)
-            return None
-    response.stream = _ReplayAsync(head, _empty(), stream)
-    return await response.aread()
-
-
-async def _empty() -> AsyncIterator[bytes]:
-    nothing: tuple[bytes, ...] = ()
-    for chunk in nothing:  # an async generator that yields nothing
-        yield chunk
 
 
 def _is_replayable(request: httpx.Request) -> bool:
@@ -358,7 +250,7 @@ class ScalingAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401:
             return
-        body = read_401_body(response)
+        body = read_error_body(response)
         if body is None or parse_error_body(body).code != "invalid_api_key":
             return
         try:
@@ -378,7 +270,7 @@ class ScalingAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401:
             return
-        body = await aread_401_body(response)
+        body = await aread_error_body(response)
         if body is None or parse_error_body(body).code != "invalid_api_key":
             return
         try:

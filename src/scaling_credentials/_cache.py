@@ -295,6 +295,7 @@ class KeyCache:
     def get(self) -> ApiKey:
         """The cached key while fresh; one fetch at first use and after expiry, however many
         threads ask at once."""
+        # _fresh() inlined: this is every sync request's path.
         hot = self._hot
         if hot is not None and self._clock() < hot.refresh_at:
             self._hits += 1
@@ -320,10 +321,9 @@ class KeyCache:
 
     async def aget(self) -> ApiKey:
         """Like :meth:`get`, for asyncio: never blocks the event loop."""
-        hot = self._hot
-        if hot is not None and self._clock() < hot.refresh_at:
-            self._hits += 1
-            return hot.key
+        fresh = self._fresh()
+        if fresh is not None:
+            return fresh
         with self._lock:
             action, key, flight = self._plan_get(self._clock())
         if action in ("hit", "stale"):
