@@ -54,7 +54,7 @@ TESTING = [
     "run_rotation_threads",
 ]
 
-PROVIDER_SUITE = ["BAD_VALUES", "ProviderTests", "assert_no_secret"]
+PROVIDER_SUITE = ["BAD_VALUES", "ProviderTests", "assert_key_is", "assert_no_secret"]
 
 MODULES = [
     (scaling_credentials, CORE),

@@ -30,7 +30,7 @@ from .._errors import (
 from .._key import ApiKey
 from .._provider import Provider
 
-__all__ = ["BAD_VALUES", "ProviderTests", "assert_no_secret"]
+__all__ = ["BAD_VALUES", "ProviderTests", "assert_key_is", "assert_no_secret"]
 
 # The marker every bad value carries, so that a leak is easy to spot.
 LEAK_MARKER = "LEAKCHECK7f3a9"
@@ -51,6 +51,12 @@ def assert_no_secret(secret: str, *texts: str) -> None:
     for index, text in enumerate(texts):
         if secret in text:
             raise AssertionError(f"text #{index} contains the secret (redacted here)")
+
+
+def assert_key_is(key: ApiKey, value: str) -> None:
+    """Fail, without quoting either side, unless ``key`` holds ``value``."""
+    if key.reveal() != value:
+        raise AssertionError(f"got {key.masked}, expected {ApiKey(value).masked}")
 
 
 def _token(value: str) -> str:
@@ -93,19 +99,19 @@ class ProviderTests:
         self.store(value)
         key = self.make_provider().fetch()
         assert isinstance(key, ApiKey)
-        assert key.reveal() == value
+        assert_key_is(key, value)
         assert key.source
 
     def test_surrounding_whitespace_is_stripped(self) -> None:
         value = good_value("ws")
         self.store(f"  {value}\n")
-        assert self.make_provider().fetch().reveal() == value
+        assert_key_is(self.make_provider().fetch(), value)
 
     def test_fetch_sees_a_new_value(self) -> None:
         provider = self.make_provider()
         self.store(good_value("old"))
-        assert provider.fetch().reveal() == good_value("old")
-        assert self._fetch_after_store(provider, good_value("new")).reveal() == good_value("new")
+        assert_key_is(provider.fetch(), good_value("old"))
+        assert_key_is(self._fetch_after_store(provider, good_value("new")), good_value("new"))
 
     def test_missing_secret_raises_secret_not_found(self) -> None:
         self.remove()
@@ -138,7 +144,7 @@ class ProviderTests:
         value = good_value("async")
         self.store(value)
         provider = self.make_provider()
-        assert asyncio.run(provider.afetch()).reveal() == value
+        assert_key_is(asyncio.run(provider.afetch()), value)
 
     def test_afetch_does_not_block_the_event_loop(self) -> None:
         self.store(good_value("loop"))
@@ -163,20 +169,20 @@ class ProviderTests:
             return key, ticks
 
         key, ticks = asyncio.run(scenario())
-        assert key.reveal() == good_value("loop")
+        assert_key_is(key, good_value("loop"))
         assert ticks >= 1
 
     def test_concurrent_fetches_from_threads(self) -> None:
         value = good_value("threads")
         self.store(value)
         provider = self.make_provider()
-        results: list[str] = []
+        results: list[ApiKey] = []
         errors: list[BaseException] = []
         lock = threading.Lock()
 
         def worker() -> None:
             try:
-                got = provider.fetch().reveal()
+                got = provider.fetch()
             except BaseException as exc:
                 with lock:
                     errors.append(exc)
@@ -191,7 +197,9 @@ class ProviderTests:
             thread.join(timeout=30)
         assert not any(t.is_alive() for t in threads)
         assert not errors, [type(e).__name__ for e in errors]
-        assert results == [value] * 8
+        assert len(results) == 8
+        for key in results:
+            assert_key_is(key, value)
 
     def test_on_rejected_is_safe_and_next_fetch_works(self) -> None:
         self.store(good_value("rej"))
@@ -199,4 +207,4 @@ class ProviderTests:
         key = provider.fetch()
         provider.on_rejected(key)
         self.store(good_value("after"))
-        assert provider.fetch().reveal() == good_value("after")
+        assert_key_is(provider.fetch(), good_value("after"))
