@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 
 from scaling_credentials import ConfigurationError, FileProvider
-from scaling_credentials._demo import (
-    DemoOptions,
-    DemoReport,
-    RunResult,
-    SecretVolume,
-    format_summary,
-    validate,
-)
+from scaling_credentials.testing import DemoOptions, DemoReport, SecretVolume
+from scaling_credentials.testing._demo import RunResult, format_summary, validate
 from scaling_credentials.testing.provider_suite import good_value
 
 
@@ -178,7 +172,7 @@ def test_summary_names_failures() -> None:
 
 
 def test_progress_goes_plain_when_piped() -> None:
-    from scaling_credentials._demo import _Progress
+    from scaling_credentials.testing._demo import _Progress
 
     stream = io.StringIO()
     progress = _Progress(stream)
@@ -188,7 +182,7 @@ def test_progress_goes_plain_when_piped() -> None:
 
 
 def test_progress_is_one_live_line_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    from scaling_credentials._demo import _Progress
+    from scaling_credentials.testing._demo import _Progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

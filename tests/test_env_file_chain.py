@@ -27,7 +27,7 @@ from scaling_credentials import (
     SecretNotFoundError,
 )
 from scaling_credentials._file import MAX_FILE_SIZE
-from scaling_credentials.testing import MemoryProvider
+from scaling_credentials.testing import MemoryProvider, SecretVolume
 from scaling_credentials.testing.provider_suite import assert_no_secret
 
 MARKER = "LEAKMARKER3e4r"
@@ -157,68 +157,26 @@ def test_directory_path_is_a_provider_error_with_a_hint(tmp_path: Path) -> None:
 # ====================================================================== kubelet ..data swap
 
 
-class KubeletVolume:
-    """The layout the kubelet writes for a secret volume, and its atomic update:
-    ``..<timestamp>/api-key``, ``..data -> ..<timestamp>``, ``api-key -> ..data/api-key``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.generation = 0
-        self.current: Path | None = None
-
-    def _new_timestamp_dir(self) -> Path:
-        self.generation += 1
-        n = self.generation
-        stamp = self.root / f"..2026_11_27_20_{n // 60:02d}_{n % 60:02d}.{n:09d}"
-        stamp.mkdir()
-        return stamp
-
-    def create(self, value: str) -> None:
-        stamp = self._new_timestamp_dir()
-        write(stamp / "api-key", value, 0o400)
-        (self.root / "..data").symlink_to(stamp.name)
-        (self.root / "api-key").symlink_to("..data/api-key")
-        self.current = stamp
-
-    def update(self, value: str) -> None:
-        # What the kubelet's AtomicWriter does: a new timestamped dir, a temporary
-        # symlink to it, rename() over ..data, then remove the old dir.
-        old = self.current
-        stamp = self._new_timestamp_dir()
-        write(stamp / "api-key", value, 0o400)
-        tmp_link = self.root / "..data_tmp"
-        tmp_link.symlink_to(stamp.name)
-        os.replace(tmp_link, self.root / "..data")
-        self.current = stamp
-        if old is not None:
-            for child in old.iterdir():
-                child.unlink()
-            old.rmdir()
-
-    @property
-    def key_path(self) -> Path:
-        return self.root / "api-key"
-
-
 def test_follows_the_kubelet_data_symlink_swap(tmp_path: Path) -> None:
-    volume = KubeletVolume(tmp_path)
-    volume.create(KEY_A)
-    assert os.path.islink(volume.key_path)
-    assert os.readlink(tmp_path / "..data").startswith("..2026_11_27_")
-    provider = FileProvider(volume.key_path)
+    volume = SecretVolume(tmp_path, keep_previous=False)  # the kubelet's own behaviour
+    volume.write(KEY_A)
+    assert os.path.islink(volume.path)
+    assert os.readlink(tmp_path / "..data").startswith("..")
+    provider = FileProvider(volume.path)
     assert provider.fetch().reveal() == KEY_A
-    volume.update(KEY_B + "\n")
+    volume.write(KEY_B + "\n")
     assert provider.fetch().reveal() == KEY_B
-    volume.update(KEY_A)
+    volume.write(KEY_A)
     assert provider.fetch().reveal() == KEY_A
     # The old timestamped directories are gone: the provider never held them open.
-    assert len([p for p in tmp_path.iterdir() if p.name.startswith("..2026")]) == 1
+    generations = [p for p in tmp_path.iterdir() if p.name.startswith("..") and not p.is_symlink()]
+    assert len(generations) == 1
 
 
 def test_readers_never_fail_during_repeated_swaps(tmp_path: Path) -> None:
-    volume = KubeletVolume(tmp_path)
-    volume.create(KEY_A)
-    provider = FileProvider(volume.key_path)
+    volume = SecretVolume(tmp_path, keep_previous=False)
+    volume.write(KEY_A)
+    provider = FileProvider(volume.path)
     stop = threading.Event()
     seen: set[str] = set()
     errors: list[str] = []
@@ -242,7 +200,7 @@ def test_readers_never_fail_during_repeated_swaps(tmp_path: Path) -> None:
         thread.start()
     try:
         for index in range(60):
-            volume.update(KEY_B if index % 2 == 0 else KEY_A)
+            volume.write(KEY_B if index % 2 == 0 else KEY_A)
     finally:
         stop.set()
         for thread in threads:

@@ -38,6 +38,8 @@ CORE = [
 ]
 
 TESTING = [
+    "DemoOptions",
+    "DemoReport",
     "FakeClock",
     "FakeScalingAPI",
     "FaultyProvider",
@@ -46,9 +48,11 @@ TESTING = [
     "RecordedRequest",
     "RotationRun",
     "ScriptedResponse",
+    "SecretVolume",
     "WorkerReport",
     "free_port",
     "rotate_and_revoke",
+    "run_demo",
     "run_prefork_rotation",
     "run_rotation_tasks",
     "run_rotation_threads",

@@ -493,7 +493,7 @@ def _cmd_providers(args: argparse.Namespace, out: _Out) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, out: _Out) -> int:
-    from ._demo import DemoOptions, format_summary, run_demo
+    from .testing._demo import DemoOptions, format_summary, run_demo
 
     options = DemoOptions(
         duration=args.duration,

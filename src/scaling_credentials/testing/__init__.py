@@ -2,8 +2,10 @@
 ``scaling_credentials.testing.pytest_plugin``) and the shared provider test suite
 (:mod:`scaling_credentials.testing.provider_suite`, which needs pytest), test doubles, and
 a rotation-under-load harness (:func:`run_rotation_threads`, :func:`run_rotation_tasks`,
-:func:`run_prefork_rotation`)."""
+:func:`run_prefork_rotation`), a key file updated like a Kubernetes secret volume
+(:class:`SecretVolume`), and the ``scaling-credentials demo`` (:func:`run_demo`)."""
 
+from ._demo import DemoOptions, DemoReport, run_demo
 from ._fake_api import FakeScalingAPI, RecordedRequest, ScriptedResponse, free_port
 from ._helpers import FakeClock, FaultyProvider, MemoryProvider
 from ._rotation import (
@@ -15,8 +17,11 @@ from ._rotation import (
     run_rotation_tasks,
     run_rotation_threads,
 )
+from ._volume import SecretVolume
 
 __all__ = [
+    "DemoOptions",
+    "DemoReport",
     "FakeClock",
     "FakeScalingAPI",
     "FaultyProvider",
@@ -25,9 +30,11 @@ __all__ = [
     "RecordedRequest",
     "RotationRun",
     "ScriptedResponse",
+    "SecretVolume",
     "WorkerReport",
     "free_port",
     "rotate_and_revoke",
+    "run_demo",
     "run_prefork_rotation",
     "run_rotation_tasks",
     "run_rotation_threads",

@@ -27,17 +27,18 @@ from typing import Any, TextIO
 
 import httpx
 
-from ._api import parse_error_body
-from ._auth import ScalingAuth
-from ._cache import KeyCache
-from ._errors import ConfigurationError, ScalingCredentialsError
-from ._file import FileProvider
-from ._key import ApiKey
-from ._provider import Provider
-from ._registry import provider_from_uri
-from .testing import FakeScalingAPI
+from .._api import parse_error_body
+from .._auth import ScalingAuth
+from .._cache import KeyCache
+from .._errors import ConfigurationError, ScalingCredentialsError
+from .._file import FileProvider
+from .._key import ApiKey
+from .._provider import Provider
+from .._registry import provider_from_uri
+from ._fake_api import FakeScalingAPI
+from ._volume import SecretVolume
 
-__all__ = ["DemoOptions", "DemoReport", "RunResult", "SecretVolume", "run_demo"]
+__all__ = ["DemoOptions", "DemoReport", "RunResult", "format_summary", "run_demo", "validate"]
 
 PATH = "/oncall/schedules"
 # Forced refetches are allowed this often (KeyCache's min_refresh_interval): small, so
@@ -131,70 +132,6 @@ class DemoReport:
             "library": self.library.as_json(),
             "static": None if self.static is None else self.static.as_json(),
         }
-
-
-# --------------------------------------------------------------------------- key volume
-
-
-class SecretVolume:
-    """A directory laid out like a Kubernetes secret volume: ``<dir>/<name>`` is a symlink
-    to ``..data/<name>``, and ``..data`` a symlink to a timestamped directory that each
-    :meth:`write` replaces atomically, as the kubelet does. Falls back to an atomic
-    ``os.replace`` of a plain file where symlinks are not available.
-    """
-
-    def __init__(self, directory: Path, name: str = "api-key") -> None:
-        self.directory = directory
-        self.name = name
-        self._generation = 0
-        self._current: Path | None = None
-        self._previous: Path | None = None
-        self._symlinks = True
-
-    @property
-    def path(self) -> Path:
-        """The path a workload reads (what ``FileProvider`` is given)."""
-        return self.directory / self.name
-
-    def write(self, value: str) -> None:
-        """Put ``value`` in place atomically: a reader sees the old key or the new one."""
-        self._generation += 1
-        if self._symlinks:
-            try:
-                self._swap(value)
-                return
-            except (OSError, NotImplementedError):
-                self._symlinks = False
-        tmp = self.directory / f".{self.name}.{self._generation}.tmp"
-        _write_private(tmp, value)
-        os.replace(tmp, self.path)
-
-    def _swap(self, value: str) -> None:
-        stamp = time.strftime("%Y_%m_%d_%H_%M_%S", time.gmtime())
-        version_dir = self.directory / f"..{stamp}.{self._generation:04d}"
-        version_dir.mkdir(mode=0o755)
-        _write_private(version_dir / self.name, value)
-        tmp_link = self.directory / "..data_tmp"
-        with contextlib.suppress(FileNotFoundError):
-            tmp_link.unlink()
-        tmp_link.symlink_to(version_dir.name, target_is_directory=True)
-        os.replace(tmp_link, self.directory / "..data")
-        if not self.path.is_symlink():
-            self.path.symlink_to(Path("..data") / self.name)
-        # Keep the generation just swapped out: a reader that resolved ..data just before
-        # the swap may still be opening the file inside it. Remove the one before it.
-        old, self._previous = self._previous, self._current
-        self._current = version_dir
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_private(path: Path, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(value + "\n")
-    # Read-only for the owner, like defaultMode: 0400 on a secret volume.
-    os.chmod(path, 0o400)
 
 
 # --------------------------------------------------------------------------- load
