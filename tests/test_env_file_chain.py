@@ -23,6 +23,7 @@ from scaling_credentials import (
     EnvProvider,
     FileProvider,
     InvalidKeyFormatError,
+    KeyCache,
     ProviderError,
     SecretNotFoundError,
 )
@@ -241,10 +242,58 @@ def test_custom_cap(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
-def test_endless_file_with_no_size_is_cut_at_the_cap() -> None:
-    # A character device reports size 0: the cap must hold while reading, too.
-    with pytest.raises(ProviderError, match="cap"):
+def test_an_endless_device_is_refused_before_reading() -> None:
+    # A character device reports size 0 and never ends: refused by its type, at once.
+    with pytest.raises(ProviderError, match="is a character device, not a regular file"):
         FileProvider("/dev/zero").fetch()
+
+
+def _fetch_bounded(provider: FileProvider) -> BaseException | None:
+    """Fetch in a thread joined with a timeout: a fetch that blocks fails the test instead
+    of hanging it. Returns the error raised, if any."""
+    box: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            provider.fetch()
+        except BaseException as exc:
+            box.append(exc)
+        else:
+            box.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the fetch blocked"
+    return box[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_refused_at_once_and_leaves_no_thread(tmp_path: Path) -> None:
+    fifo = tmp_path / "api-key"
+    os.mkfifo(fifo, 0o600)  # nobody ever writes to it: open() used to block forever
+    before = threading.active_count()
+    error = _fetch_bounded(FileProvider(fifo))
+    assert isinstance(error, ProviderError)
+    assert not isinstance(error, SecretNotFoundError)
+    assert "is a FIFO (named pipe), not a regular file" in str(error)
+    # Through a cache, with retries after backoff: no fetch thread is left behind.
+    cache = KeyCache(FileProvider(fifo), backoff_initial=0, fetch_timeout=10)
+    for _ in range(3):
+        with pytest.raises(ProviderError, match="FIFO"):
+            cache.get()
+    assert threading.active_count() == before
+
+
+def test_a_unix_socket_is_refused(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "api-key"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        error = _fetch_bounded(FileProvider(path))
+    assert isinstance(error, ProviderError)
+    assert "is a socket, not a regular file" in str(error)
 
 
 # ====================================================================== modes

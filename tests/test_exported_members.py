@@ -10,6 +10,7 @@ import pytest
 import scaling_credentials
 import scaling_credentials.testing
 import scaling_credentials.testing.provider_suite
+import scaling_credentials.toolkit
 
 CORE = [
     "ApiKey",
@@ -60,10 +61,33 @@ TESTING = [
 
 PROVIDER_SUITE = ["BAD_VALUES", "ProviderTests", "assert_key_is", "assert_no_secret"]
 
+TOOLKIT = [
+    "KEY_PREFIX",
+    "MAX_FILE_SIZE",
+    "PerProcess",
+    "after_fork",
+    "decode_text",
+    "field_from_json",
+    "flag",
+    "format_query",
+    "get_logger",
+    "json_type",
+    "looks_like_key",
+    "make_key",
+    "mask",
+    "port_number",
+    "read_capped_file",
+    "redact",
+    "seconds",
+    "text_option",
+    "whole_number",
+]
+
 MODULES = [
     (scaling_credentials, CORE),
     (scaling_credentials.testing, TESTING),
     (scaling_credentials.testing.provider_suite, PROVIDER_SUITE),
+    (scaling_credentials.toolkit, TOOLKIT),
 ]
 
 

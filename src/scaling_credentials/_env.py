@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from ._errors import ConfigurationError, InvalidKeyFormatError, SecretNotFoundError
+from ._errors import ConfigurationError, SecretNotFoundError
 from ._key import ApiKey
 from ._provider import Provider
+from ._redact import looks_like_key, redact
 from ._registry import SourceURI
+from ._values import make_key
 
 __all__ = ["EnvProvider"]
 
@@ -24,7 +26,14 @@ class EnvProvider(Provider):
         self, name: str = "SCALING_API_KEY", *, environ: Mapping[str, str] | None = None
     ) -> None:
         if not isinstance(name, str) or not name or "=" in name or "\0" in name:
-            raise ConfigurationError(f"{name!r} is not a valid environment variable name")
+            raise ConfigurationError(
+                f"{redact(repr(name))} is not a valid environment variable name"
+            )
+        if looks_like_key(name):
+            raise ConfigurationError(
+                "the environment variable name looks like an API key (scl_live_...); pass "
+                "the variable's name (SCALING_API_KEY), never the key"
+            )
         self.name = name
         self._environ = environ
 
@@ -41,10 +50,7 @@ class EnvProvider(Provider):
             raise SecretNotFoundError(
                 f"environment variable {self.name} is not set", provider=self.describe()
             )
-        try:
-            return ApiKey(value, source=self.describe())
-        except InvalidKeyFormatError as exc:
-            raise InvalidKeyFormatError(f"{self.describe()}: {exc}") from None
+        return make_key(value, source=self.describe())
 
     async def afetch(self) -> ApiKey:
         return self.fetch()  # a dictionary lookup: no need for a thread

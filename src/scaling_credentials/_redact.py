@@ -1,29 +1,68 @@
-"""redact_logging: an opt-in log filter that masks anything shaped like a Scaling API key.
+"""Redaction: the one masking step for every text that leaves the library, and
+redact_logging, an opt-in log filter for third-party loggers.
 
-scaling-credentials itself never logs a key (only its masked form). Some libraries it
-works with do, at DEBUG: botocore logs whole response bodies, so ``GetSecretValue``'s
-``SecretString`` reaches the log of any process that turns botocore's DEBUG logging on.
-This filter rewrites such records before a handler writes them.
+scaling-credentials itself never logs a key (only its masked form), and its own loggers
+(:func:`get_logger`) pass every record through :class:`KeyRedactingFilter` as a second
+line of defence. Some libraries it works with log secrets at DEBUG: botocore logs whole
+response bodies, so ``GetSecretValue``'s ``SecretString`` reaches the log of any process
+that turns botocore's DEBUG logging on. :func:`redact_logging` puts the same filter on
+their loggers.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
+from urllib.parse import unquote
 
 from ._key import KEY_PREFIX, mask
 
-__all__ = ["KeyRedactingFilter", "redact_logging", "redact_text"]
+__all__ = [
+    "KeyRedactingFilter",
+    "get_logger",
+    "looks_like_key",
+    "redact",
+    "redact_logging",
+    "redact_text",
+]
 
 # A key is the prefix and a run of visible ASCII. The run stops at whitespace, quotes,
 # backslashes and angle brackets, so that a key inside JSON, a repr, escaped bytes or
 # HTML is cut at its end; other punctuation is taken in (a key may contain it), which at
-# worst masks a few characters of what follows.
-KEY_PATTERN: Final = re.compile(re.escape(KEY_PREFIX) + r"""[^\s"'`\\<>]+""")
-# What mask() produces: left as it is, so that masking twice changes nothing.
-_MASKED: Final = re.compile(re.escape(KEY_PREFIX) + r"\*{4}[^\s\*]{0,4}")
+# worst masks a few characters of what follows. The prefix is also recognized with its
+# underscores percent-encoded (scl%5Flive%5F...), as it appears in a URI.
+KEY_PATTERN: Final = re.compile(r"""scl(?:_|%5[Ff])live(?:_|%5[Ff])[^\s"'`\\<>]+""")
+KEY_PATTERN_PREFIX: Final = re.compile(r"scl(?:_|%5[Ff])live(?:_|%5[Ff])")
+# What mask() produces starts so: left as it is, so that masking twice changes nothing.
+_MASKED: Final = KEY_PREFIX + "****"
+# Other credentials that travel near the key: Vault and OpenBao tokens (hvs./hvb./hvr.
+# service, batch and recovery tokens; s./b./r. legacy ones).
+_OTHER_SECRETS: Final = (re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_-]{16,}"),)
+_SECRET_MASK: Final = "****"
+# A key-shaped hint for texts that hold no key: cheap to test before the regular expressions.
+_KEY_MARKERS: Final = ("scl_live", "scl%5", "live%5")
+
+
+def looks_like_key(text: str) -> bool:
+    """Whether ``text`` holds something shaped like a Scaling API key, also once
+    percent-decoded (a key pasted where a name, a path or a URI belongs)."""
+    return KEY_PREFIX in text or KEY_PREFIX in unquote(text)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every key-shaped run masked (``scl_live_****abcd``), every Vault
+    token shape and every string in ``secrets`` (known credentials: a token, a secret ID)
+    replaced by ``****``. Idempotent: redacting twice changes nothing more."""
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, _SECRET_MASK)
+    if any(marker in text for marker in _KEY_MARKERS):
+        text = KEY_PATTERN.sub(_mask_match, text)
+    for pattern in _OTHER_SECRETS:
+        text = pattern.sub(_SECRET_MASK, text)
+    return text
+
 
 # Loggers of libraries that can log request or response bodies or headers at DEBUG.
 THIRD_PARTY_LOGGERS: Final = (
@@ -39,23 +78,24 @@ THIRD_PARTY_LOGGERS: Final = (
 
 def redact_text(text: str) -> str:
     """``text`` with every key-shaped run replaced by its masked form
-    (``scl_live_****abcd``)."""
-    if KEY_PREFIX not in text:
-        return text
-    return KEY_PATTERN.sub(_mask_match, text)
+    (``scl_live_****abcd``), and other known credential shapes by ``****``."""
+    return redact(text)
 
 
 def _mask_match(match: re.Match[str]) -> str:
     found = match.group(0)
-    return found if _MASKED.fullmatch(found) else mask(found)
+    if found.startswith(_MASKED):
+        return found
+    return mask(KEY_PREFIX + KEY_PATTERN_PREFIX.sub("", found, count=1))
 
 
 def _redact_value(value: object) -> object:
     if isinstance(value, str):
-        return redact_text(value)
+        return redact(value)
     if isinstance(value, (bytes, bytearray)):
         text = repr(bytes(value))
-        return redact_text(text) if KEY_PREFIX in text else value
+        masked = redact(text)
+        return masked if masked != text else value
     return value
 
 
@@ -86,19 +126,19 @@ def redact_record(record: logging.LogRecord) -> None:
         elif isinstance(record.args, tuple):
             record.args = tuple(_redact_value(v) for v in record.args)
     else:
-        masked = redact_text(message)
+        masked = redact(message)
         if masked != message:
             record.msg = masked
             record.args = None
     if record.exc_info and record.exc_info[1] is not None:
         text = record.exc_text or logging.Formatter().formatException(record.exc_info)
-        masked = redact_text(text)
+        masked = redact(text)
         if masked != text:
             record.exc_text = masked
             record.exc_info = None
     for name, value in list(vars(record).items()):
-        if name != "msg" and isinstance(value, str) and KEY_PREFIX in value:
-            masked = redact_text(value)
+        if name != "msg" and isinstance(value, str):
+            masked = redact(value)
             if masked != value:
                 setattr(record, name, masked)
 
@@ -146,3 +186,16 @@ def _installed(targets: list[logging.Logger]) -> KeyRedactingFilter | None:
                 if isinstance(existing, KeyRedactingFilter):
                     return existing
     return None
+
+
+_LIBRARY_FILTER: Final = KeyRedactingFilter()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger ``name`` with :class:`KeyRedactingFilter` on it (once), for the
+    library's and its providers' own loggers: whatever a record holds, what leaves it is
+    masked."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, KeyRedactingFilter) for f in logger.filters):
+        logger.addFilter(_LIBRARY_FILTER)
+    return logger

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qsl, unquote
 
 from ._errors import ConfigurationError
+from ._redact import looks_like_key, redact
 
 if TYPE_CHECKING:
     from ._provider import Provider
@@ -58,7 +59,7 @@ class SourceURI(NamedTuple):
         if not isinstance(uri, str):
             raise ConfigurationError(f"a source URI must be a str, got {type(uri).__name__}")
         text = uri.strip()
-        if "scl_live_" in text:
+        if looks_like_key(text):
             # A key pasted where its source belongs would be echoed by describe() and by
             # every error that names the source: refuse it here, without quoting it.
             raise ConfigurationError(
@@ -95,6 +96,20 @@ class SourceURI(NamedTuple):
                 f"accepted: {accepted}"
             )
 
+    def param(self, name: str) -> str | None:
+        """Parameter ``name``, stripped; ``None`` when it is absent or empty."""
+        value = self.params.get(name, "").strip()
+        return value or None
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        """Yes/no parameter ``name`` (``true``/``false``, ``1``/``0``, ``yes``/``no``,
+        ``on``/``off``); ``default`` when absent; :class:`ConfigurationError` otherwise."""
+        from ._options import flag
+
+        if name not in self.params:
+            return default
+        return flag(self.params[name], f"{name}= in a {self.scheme}: source URI")
+
     def require_path(self, what: str) -> str:
         """Return the path, or raise :class:`ConfigurationError` naming ``what`` is missing."""
         if not self.path:
@@ -112,8 +127,7 @@ def _is_scheme(text: str) -> bool:
 
 def _shorten(text: str) -> str:
     # A mistaken paste of a key into the source setting must not end up in the error.
-    if "scl_live_" in text:
-        return "<value that looks like an API key>"
+    text = redact(text)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from scaling_credentials import ApiKey, InvalidKeyFormatError
-from scaling_credentials._file import key_from_json
+from scaling_credentials.toolkit import decode_text, field_from_json, make_key
 
 __all__ = ["key_from_secret"]
 
@@ -23,21 +23,13 @@ def key_from_secret(
     if secret_string is not None:
         text = secret_string
     elif secret_binary is not None:
-        try:
-            text = secret_binary.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            # Not chained: the decode error holds the secret's bytes.
-            raise InvalidKeyFormatError(
-                f"{source}: SecretBinary is not UTF-8 text (invalid byte at offset "
-                f"{exc.start}); store the key as SecretString or as UTF-8 bytes"
-            ) from None
+        text = decode_text(
+            secret_binary, name=f"{source}: SecretBinary (store the key as SecretString or UTF-8)"
+        )
     else:
         raise InvalidKeyFormatError(
             f"{source}: the secret version holds neither SecretString nor SecretBinary"
         )
     if field is not None:
-        text = key_from_json(text, field, source=source)
-    try:
-        return ApiKey(text, source=source, version=version)
-    except InvalidKeyFormatError as exc:
-        raise InvalidKeyFormatError(f"{source}: {exc}") from None
+        text = field_from_json(text, field, name=source)
+    return make_key(text, source=source, version=version)
