@@ -283,34 +283,47 @@ def test_a_ttl_fetch_does_not_start_the_refresh_interval() -> None:
     assert cache.stats.forced_fetches == 1
 
 
-def test_on_rejected_is_called_before_the_forced_fetch() -> None:
+def test_a_forced_fetch_calls_refetch_with_the_rejected_key() -> None:
     order: list[str] = []
 
     class Recording(MemoryProvider):
-        def on_rejected(self, key: ApiKey) -> None:
-            order.append("rejected")
-
         def fetch(self) -> ApiKey:
             order.append("fetch")
+            return super().fetch()
+
+        def refetch(self, rejected: ApiKey) -> ApiKey:
+            order.append(f"refetch {rejected.masked}")
             return super().fetch()
 
     provider = Recording(K1)
     cache = KeyCache(provider, clock=FakeClock(), min_refresh_interval=0)
     key = cache.get()
     cache.refresh(rejected=key)
-    assert order == ["fetch", "rejected", "fetch"]
+    cache.refresh()  # names no rejected key: a plain fetch
+    assert order == ["fetch", f"refetch {key.masked}", "fetch"]
 
 
-def test_on_rejected_failing_does_not_stop_the_refresh(caplog: pytest.LogCaptureFixture) -> None:
-    class Broken(MemoryProvider):
-        def on_rejected(self, key: ApiKey) -> None:
-            raise RuntimeError("hook failed")
+def test_an_async_forced_fetch_calls_arefetch() -> None:
+    seen: list[ApiKey] = []
 
-    provider = Broken(K1)
+    class NativeAsync(MemoryProvider):
+        async def afetch(self) -> ApiKey:
+            return self.fetch()
+
+        async def arefetch(self, rejected: ApiKey) -> ApiKey:
+            seen.append(rejected)
+            return self.fetch()
+
+    provider = NativeAsync(K1)
     cache = KeyCache(provider, clock=FakeClock(), min_refresh_interval=0)
-    key = cache.get()
-    provider.value = K2
-    assert cache.refresh(rejected=key).reveal() == K2
+
+    async def scenario() -> ApiKey:
+        key = await cache.aget()
+        provider.value = K2
+        return await cache.arefresh(rejected=key)
+
+    assert asyncio.run(scenario()).reveal() == K2
+    assert [k.reveal() for k in seen] == [K1]
 
 
 def test_forced_fetch_failure_raises_to_refresh_callers() -> None:

@@ -1,6 +1,6 @@
 """EnvProvider, FileProvider and ChainProvider beyond the shared provider suite
 (tests/test_providers_suite.py): the kubelet ``..data`` swap, size caps, modes, JSON
-fields, encodings, and the chain's order, errors and on_rejected forwarding."""
+fields, encodings, and the chain's order, errors and refetch routing."""
 
 from __future__ import annotations
 
@@ -577,9 +577,10 @@ def _all_failing_chain() -> ChainProvider:
     return ChainProvider(EnvProvider("NOPE", environ={}), missing, failing, bad)
 
 
-def _check_all_failed(error: ConfigurationError) -> None:
+def _check_all_failed(error: ProviderError) -> None:
+    # One member failed for a backend reason: a ProviderError, not a configuration error.
     message = str(error)
-    assert isinstance(error, ValueError)
+    assert not isinstance(error, ConfigurationError)
     for part in (
         "env:NOPE: SecretNotFoundError",
         "memory:missing: SecretNotFoundError",
@@ -594,13 +595,13 @@ def _check_all_failed(error: ConfigurationError) -> None:
 
 
 def test_chain_all_failing_lists_each_attempt_without_secrets() -> None:
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(ProviderError) as info:
         _all_failing_chain().fetch()
     _check_all_failed(info.value)
 
 
 def test_chain_afetch_all_failing() -> None:
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(ProviderError) as info:
         asyncio.run(_all_failing_chain().afetch())
     _check_all_failed(info.value)
 
@@ -621,30 +622,53 @@ def test_chain_does_not_swallow_programming_errors() -> None:
         ChainProvider(broken, MemoryProvider(KEY_B)).fetch()
 
 
-def test_chain_forwards_on_rejected_to_the_provider_that_produced_the_key() -> None:
+def test_chain_routes_a_refetch_to_the_provider_that_produced_the_key() -> None:
     first = MemoryProvider(None, name="first")
     second = MemoryProvider(KEY_B, name="second")
     chain = ChainProvider(first, second)
-    chain.on_rejected(ApiKey(KEY_A))  # before any fetch: nothing to forward, no error
-    assert first.rejected == second.rejected == []
-
     key = chain.fetch()
-    chain.on_rejected(key)
-    assert first.rejected == []
-    assert second.rejected == [key]
+    assert key.source == "memory:second"
+    assert chain.refetch(key) == key
+    assert first.rejected == [] and second.rejected == [key]
+    assert (first.fetches, second.fetches) == (2, 2)  # in chain order, first one asked again
 
-    first.value = KEY_A  # now the first one yields
-    key = chain.fetch()
-    chain.on_rejected(key)
-    assert first.rejected == [key]
+    first.value = KEY_A  # now the first one yields: chain order still wins
+    assert chain.refetch(key).reveal() == KEY_A
     assert len(second.rejected) == 1
 
+    # A key from elsewhere (no producer in the chain): a plain walk.
+    assert chain.refetch(ApiKey(KEY_B, source="memory:unknown")).reveal() == KEY_A
+    assert first.rejected == [] and len(second.rejected) == 1
 
-def test_chain_forwards_on_rejected_after_afetch() -> None:
+
+def test_chain_routes_an_async_refetch_too() -> None:
     first = MemoryProvider(None, name="first")
     second = MemoryProvider(KEY_B, name="second")
     chain = ChainProvider(first, second)
     key = asyncio.run(chain.afetch())
-    chain.on_rejected(key)
-    assert second.rejected == [key]
-    assert first.rejected == []
+    assert asyncio.run(chain.arefetch(key)) == key
+    assert second.rejected == [key] and first.rejected == []
+
+
+def test_chain_of_members_failing_for_backend_reasons_is_a_provider_error() -> None:
+    down = MemoryProvider(KEY_A, name="down")
+    down.fail = True
+    chain = ChainProvider(EnvProvider("NOPE", environ={}), down)
+    with pytest.raises(ProviderError) as info:
+        chain.fetch()
+    assert not isinstance(info.value, ConfigurationError)
+    assert info.value.provider == chain.describe()
+    assert "memory:down: ProviderError" in str(info.value)
+    # Only "nothing configured anywhere" is a configuration error.
+    with pytest.raises(ConfigurationError):
+        ChainProvider(EnvProvider("NOPE", environ={}), MemoryProvider(None)).fetch()
+
+
+def test_chain_stamp_and_explanation_come_from_its_members(tmp_path: Path) -> None:
+    path = write(tmp_path / "key", KEY_A)
+    file_provider = FileProvider(path)
+    chain = ChainProvider(EnvProvider("NOPE", environ={}), file_provider)
+    assert chain.stamp() == (None, file_provider.stamp())
+    assert ChainProvider(EnvProvider("NOPE", environ={})).stamp() is None
+    key = chain.fetch()
+    assert chain.explain_stuck(key) == file_provider.explain_stuck(key)

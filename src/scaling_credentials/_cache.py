@@ -126,6 +126,7 @@ class _Flight:
         "key",
         "kind",
         "loop",
+        "rejected",
         "started_at",
         "task",
     )
@@ -142,6 +143,7 @@ class _Flight:
         self.async_waiters: list[asyncio.Future[None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[None] | None = None
+        self.rejected: ApiKey | None = None  # a forced fetch after this key was rejected
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -366,7 +368,7 @@ class KeyCache:
         assert flight is not None
         if action == "lead":
             if flight.kind == "forced":
-                self._notify_rejected(rejected)
+                flight.rejected = rejected
             self._start(flight, prefer_async=False)
         return self._wait_sync(flight, stale_ok=flight.kind != "forced"), outcome
 
@@ -381,7 +383,7 @@ class KeyCache:
         assert flight is not None
         if action == "lead":
             if flight.kind == "forced":
-                self._notify_rejected(rejected)
+                flight.rejected = rejected
             self._start(flight, prefer_async=True)
         return await self._wait_async(flight, stale_ok=flight.kind != "forced"), outcome
 
@@ -525,18 +527,12 @@ class KeyCache:
 
     # ------------------------------------------------------------------ running a fetch
 
-    def _notify_rejected(self, rejected: ApiKey | None) -> None:
-        if rejected is None:
-            return
-        try:
-            self._provider.on_rejected(rejected)
-        except Exception:
-            logger.warning(
-                "%s.on_rejected failed; refetching anyway", self.describe(), exc_info=True
-            )
-
     def _start(self, flight: _Flight, *, prefer_async: bool) -> None:
-        if prefer_async and type(self._provider).afetch is not Provider.afetch:
+        cls = type(self._provider)
+        native = cls.afetch is not Provider.afetch or (
+            flight.rejected is not None and cls.arefetch is not Provider.arefetch
+        )
+        if prefer_async and native:
             import asyncio
 
             # A native async provider: run it as a task on the caller's loop.
@@ -552,7 +548,8 @@ class KeyCache:
     def _run_sync(self, flight: _Flight) -> None:
         started = time.perf_counter()
         try:
-            key = self._provider.fetch()
+            rejected = flight.rejected
+            key = self._provider.fetch() if rejected is None else self._provider.refetch(rejected)
         except BaseException as exc:
             self._complete(flight, None, exc, started)
         else:
@@ -561,7 +558,9 @@ class KeyCache:
     async def _run_async(self, flight: _Flight) -> None:
         started = time.perf_counter()
         try:
-            key = await self._provider.afetch()
+            rejected = flight.rejected
+            provider = self._provider
+            key = await (provider.afetch() if rejected is None else provider.arefetch(rejected))
         except BaseException as exc:
             self._complete(flight, None, exc, started)
         else:

@@ -57,3 +57,11 @@ class EnvProvider(Provider):
 
     def describe(self) -> str:
         return f"env:{self.name}"
+
+    def explain_stuck(self, rejected: ApiKey) -> str:
+        return (
+            f"{self.describe()} still holds it: a running process never sees a changed "
+            "environment variable; restart the process with the new key, or keep the key "
+            "in a file or a secrets manager (file:, aws-sm:, vault:) to rotate without "
+            "restarts"
+        )

@@ -7,6 +7,7 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Hashable
 
 from ._errors import ConfigurationError
 from ._fileio import MAX_FILE_SIZE, read_capped_file
@@ -55,6 +56,31 @@ class FileProvider(Provider):
     def describe(self) -> str:
         return f"file:{self.path}" + format_query([("field", self.field)])
 
+    def stamp(self) -> Hashable | None:
+        """Device, inode, size and modification time of the file the path resolves to
+        (following the kubelet's ``..data`` symlink): any swap, rename-into-place or
+        rewrite changes it. A path that cannot be examined gives its error number."""
+        try:
+            info = os.stat(self.path)
+        except OSError as exc:
+            return ("error", exc.errno)
+        return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def explain_stuck(self, rejected: ApiKey) -> str:
+        desc = self.describe()
+        if _in_kubelet_volume(self.path):
+            return (
+                f"{desc} still holds it: the kubelet has not written the new key yet (it "
+                "syncs secret volumes about once a minute); put the new key in the "
+                "Kubernetes secret before revoking the old one"
+            )
+        return (
+            f"{desc} still holds it, and it is not inside a kubelet ..data directory: if it "
+            "is a Kubernetes subPath mount, it never updates (mount the whole secret volume "
+            "instead, or restart the pod); otherwise write the new key to the file before "
+            "revoking the old one"
+        )
+
     def fetch(self) -> ApiKey:
         desc = self.describe()
         raw = read_capped_file(
@@ -85,3 +111,16 @@ class FileProvider(Provider):
             self.describe(),
             stat.S_IMODE(mode),
         )
+
+
+def _in_kubelet_volume(path: str) -> bool:
+    """Whether ``path`` is read through a kubelet ``..data`` directory: the volume's
+    ``<name> -> ..data/<name>`` symlink, or a path through ``..data`` itself. Such a file
+    is updated in place by the kubelet; a subPath mount of it is not."""
+    if "..data" in path.split(os.sep):
+        return True
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return False
+    return target.split(os.sep, 1)[0] == "..data"

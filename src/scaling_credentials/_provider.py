@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Hashable
 
 from ._key import ApiKey
 
@@ -15,6 +16,11 @@ class Provider(abc.ABC):
     Subclasses implement :meth:`fetch`. Override :meth:`afetch` when the backend has a
     native async client; the default runs :meth:`fetch` in a worker thread so that the
     event loop is never blocked.
+
+    The cache calls :meth:`refetch` (or :meth:`arefetch`) instead of :meth:`fetch` for the
+    forced fetch that follows a key the API rejected: a provider that reads through a
+    cache of its own (an extension, an agent's proxy) overrides it to get past that cache
+    in that one call. Providers keep no state between calls for this.
 
     A provider raises :class:`SecretNotFoundError` when the secret does not exist,
     :class:`ProviderError` for other backend failures (with the cause chained) and
@@ -32,16 +38,46 @@ class Provider(abc.ABC):
 
         return await asyncio.to_thread(self.fetch)
 
+    def refetch(self, rejected: ApiKey) -> ApiKey:
+        """Fetch the key after the API rejected ``rejected`` (a key this provider
+        returned): like :meth:`fetch`, also past any cache between the provider and the
+        backend. The default is :meth:`fetch`."""
+        return self.fetch()
+
+    async def arefetch(self, rejected: ApiKey) -> ApiKey:
+        """:meth:`refetch` without blocking the event loop. The default is :meth:`afetch`,
+        or :meth:`refetch` in a worker thread when only that is overridden."""
+        cls = type(self)
+        if cls.refetch is not Provider.refetch and cls.afetch is Provider.afetch:
+            import asyncio
+
+            return await asyncio.to_thread(self.refetch, rejected)
+        return await self.afetch()
+
+    def stamp(self) -> Hashable | None:
+        """A cheap, local marker of the source's current state, or ``None`` when the
+        provider cannot tell (the default).
+
+        A provider that can see a change without fetching (a file: its inode, size and
+        modification time) returns a value that differs whenever the key may have changed.
+        The cache calls it at most about once a second, from the thread that reads the
+        key, and refetches at once when it differs from the marker taken before the last
+        fetch. It must not block: no network call, no lock held by a fetch.
+        """
+        return None
+
+    def explain_stuck(self, rejected: ApiKey) -> str:
+        """Why the source may still hold ``rejected`` after the API rejected it and a
+        forced fetch returned it again, and what to do: a sentence for the warning that
+        says so (no secret in it)."""
+        return (
+            f"{self.describe()} still returns it; put the new key in the source "
+            "(rotate it there) before revoking the old one"
+        )
+
     def describe(self) -> str:
         """A short description of where the key comes from, safe to log (no secret)."""
         return type(self).__name__
-
-    def on_rejected(self, key: ApiKey) -> None:  # noqa: B027 - optional hook, no-op by default
-        """Called before the forced refetch that follows a key the API rejected.
-
-        Providers that read through a cache of their own (an extension, an agent) use it
-        to bypass that cache on the next fetch.
-        """
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"

@@ -28,6 +28,7 @@ __all__ = [
     "installed_schemes",
     "provider_from_env",
     "provider_from_uri",
+    "select_from_env",
 ]
 
 ENTRY_POINT_GROUP = "scaling_credentials.providers"
@@ -228,19 +229,24 @@ def provider_from_env(environ: Mapping[str, str] | None = None) -> Provider:
     (:class:`EnvProvider`), else ``SCALING_API_KEY_FILE`` (:class:`FileProvider`), else
     :class:`ConfigurationError`.
     """
+    return select_from_env(environ)[0]
+
+
+def select_from_env(environ: Mapping[str, str] | None = None) -> tuple[Provider, str]:
+    """:func:`provider_from_env`, also naming the variable that chose the provider."""
     env = os.environ if environ is None else environ
     source = env.get("SCALING_API_KEY_SOURCE", "").strip()
     if source:
-        return provider_from_uri(source)
+        return provider_from_uri(source), "SCALING_API_KEY_SOURCE"
     if env.get("SCALING_API_KEY") is not None:
         from ._env import EnvProvider
 
-        return EnvProvider("SCALING_API_KEY", environ=environ)
+        return EnvProvider("SCALING_API_KEY", environ=environ), "SCALING_API_KEY"
     path = env.get("SCALING_API_KEY_FILE", "").strip()
     if path:
         from ._file import FileProvider
 
-        return FileProvider(path)
+        return FileProvider(path), "SCALING_API_KEY_FILE"
     raise ConfigurationError(
         "no Scaling API key source is configured; set one of: "
         "SCALING_API_KEY_SOURCE (a source URI such as aws-sm:prod/scaling or "

@@ -29,18 +29,29 @@ from typing import Any, NoReturn, TypeVar
 
 import httpx
 
+from ._cache import KeyCache
 from ._errors import (
     ConfigurationError,
     InvalidKeyFormatError,
-    ProviderError,
+    ProviderTimeoutError,
     ScalingCredentialsError,
     SecretNotFoundError,
 )
 from ._key import ApiKey
 from ._provider import Provider
+from ._redact import redact
 from ._version import __version__
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "build_parser", "main"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "CheckAnswer",
+    "Verdict",
+    "build_parser",
+    "check_verdict",
+    "main",
+]
 
 PROG = "scaling-credentials"
 EXIT_OK = 0
@@ -79,23 +90,29 @@ def _one_line(text: str) -> str:
 
 
 class _Out:
-    """Where the command writes: stdout for results, stderr for errors and logs."""
+    """Where the command writes: stdout for results, stderr for errors and logs.
+
+    Every text goes through :func:`redact` on its way out, whatever produced it (an
+    error message quoting a setting, a server's answer): the one exception is the key
+    that ``resolve --reveal`` was asked to print.
+    """
 
     def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
 
-    def line(self, text: str = "") -> None:
+    def line(self, text: str = "", *, reveal: bool = False) -> None:
         if not self.quiet and not self.json_mode:
-            print(text, file=sys.stdout, flush=True)
+            print(text if reveal else redact(text), file=sys.stdout, flush=True)
 
-    def document(self, data: dict[str, Any]) -> None:
+    def document(self, data: dict[str, Any], *, reveal: bool = False) -> None:
         if self.json_mode:
-            print(json.dumps(data, indent=2), file=sys.stdout, flush=True)
+            text = json.dumps(data, indent=2)
+            print(text if reveal else redact(text), file=sys.stdout, flush=True)
 
     @staticmethod
     def error(text: str) -> None:
-        print(f"{PROG}: error: {_one_line(text)}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {redact(_one_line(text))}", file=sys.stderr, flush=True)
 
 
 class _LogFormatter(logging.Formatter):
@@ -103,7 +120,13 @@ class _LogFormatter(logging.Formatter):
         text = f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
         if record.exc_info and record.levelno >= logging.ERROR:
             text += "\n" + self.formatException(record.exc_info)
-        return text
+        return redact(text)
+
+
+def _quiet_probe_cache(record: logging.LogRecord) -> bool:
+    # The command's probe cache reports a failed fetch through the command's own error
+    # line: its warnings would say the same thing twice.
+    return not (record.name == "scaling_credentials.cache" and record.levelno < logging.ERROR)
 
 
 def _configure_logging(level: int) -> Callable[[], None]:
@@ -111,6 +134,8 @@ def _configure_logging(level: int) -> Callable[[], None]:
     logger = logging.getLogger("scaling_credentials")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LogFormatter())
+    if level > logging.INFO:
+        handler.addFilter(_quiet_probe_cache)
     saved = (logger.level, logger.propagate)
     logger.addHandler(handler)
     logger.setLevel(level)
@@ -133,25 +158,19 @@ class _Resolved:
     chosen_by: str
     key: ApiKey
     fetch_seconds: float
+    cache: KeyCache
 
 
 def _select_provider(source: str | None) -> tuple[Provider, str]:
     """The provider and what chose it: ``--source`` or the environment variable."""
-    from ._registry import provider_from_env, provider_from_uri
+    from ._registry import provider_from_uri, select_from_env
 
     if source is not None:
         return provider_from_uri(source), "--source"
-    env = os.environ
-    if env.get("SCALING_API_KEY_SOURCE", "").strip():
-        chosen = "SCALING_API_KEY_SOURCE"
-    elif env.get("SCALING_API_KEY") is not None:
-        chosen = "SCALING_API_KEY"
-    else:
-        chosen = "SCALING_API_KEY_FILE"
     try:
-        return provider_from_env(), chosen
+        return select_from_env()
     except ConfigurationError as exc:
-        if chosen == "SCALING_API_KEY_FILE":  # nothing is configured at all
+        if not os.environ.get("SCALING_API_KEY_SOURCE", "").strip():  # nothing configured
             raise ConfigurationError(f"{exc}; or pass --source URI") from exc
         raise
 
@@ -159,7 +178,12 @@ def _select_provider(source: str | None) -> tuple[Provider, str]:
 def _hint(error: BaseException) -> str:
     """The error's message, with what to do on the command line where that helps."""
     message = _one_line(str(error)) or type(error).__name__
-    if isinstance(error, SecretNotFoundError):
+    if isinstance(error, ProviderTimeoutError):
+        message = (
+            f"fetching the key from {error.provider} did not finish within the --timeout; "
+            "the backend may be slow or unreachable"
+        )
+    elif isinstance(error, SecretNotFoundError):
         message += (
             "; put the key there, or point at another source with --source URI "
             "(or SCALING_API_KEY_SOURCE)"
@@ -169,77 +193,16 @@ def _hint(error: BaseException) -> str:
     return message
 
 
-def _run_bounded(work: Callable[[], _T], timeout: float) -> tuple[bool, _T | None]:
-    """Run ``work`` in a daemon thread for at most ``timeout`` seconds: ``(True, result)``,
-    or ``(False, None)`` when it did not finish (the thread is abandoned; its own timeouts
-    end it later). Its exception, if any, is raised here."""
-    box: list[tuple[bool, Any]] = []
-
-    def target() -> None:
-        try:
-            box.append((True, work()))
-        except BaseException as exc:
-            box.append((False, exc))
-
-    thread = threading.Thread(target=target, name="scaling-credentials-cli", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not box:
-        return False, None
-    ok, value = box[0]
-    if not ok:
-        raise value
-    return True, value
-
-
-class _Prefetched(Provider):
-    """Hands out the key ``resolve`` already fetched once, then reads ``inner`` again: the
-    check sends the key it reported, and a forced refresh after a 401 still goes to the
-    backend."""
-
-    def __init__(self, inner: Provider, key: ApiKey) -> None:
-        self._inner = inner
-        self._key: ApiKey | None = key
-        self._lock = threading.Lock()
-
-    def fetch(self) -> ApiKey:
-        with self._lock:
-            key, self._key = self._key, None
-        return key if key is not None else self._inner.fetch()
-
-    def describe(self) -> str:
-        return self._inner.describe()
-
-    def on_rejected(self, key: ApiKey) -> None:
-        self._inner.on_rejected(key)
-
-
-def _fetch(provider: Provider) -> ApiKey:
-    try:
-        key = provider.fetch()
-    except ScalingCredentialsError:
-        raise
-    except Exception as exc:
-        # A provider's own exception may quote what it read: report its type only
-        # (--debug shows the chained cause).
-        raise ProviderError(
-            f"fetching the key from {provider.describe()} failed with {type(exc).__name__}",
-            provider=provider.describe(),
-        ) from exc
-    if not isinstance(key, ApiKey):
-        raise ProviderError(
-            f"{provider.describe()} returned {type(key).__name__}, not an ApiKey",
-            provider=provider.describe(),
-        )
-    return key
-
-
-def _resolve(source: str | None) -> _Resolved:
-    """Choose the provider and fetch the key once (the caller bounds the time)."""
+def _resolve(source: str | None, timeout: float) -> _Resolved:
+    """Choose the provider and fetch the key once, through a :class:`KeyCache` that
+    bounds the fetch by ``timeout`` and serves nothing stale: this is a probe."""
     provider, chosen = _select_provider(source)
-    started = time.perf_counter()
-    key = _fetch(provider)
-    return _Resolved(provider, chosen, key, time.perf_counter() - started)
+    cache = KeyCache(
+        provider, ttl=300.0, max_stale=0.0, fetch_timeout=timeout, min_refresh_interval=0.0
+    )
+    key = cache.get()
+    duration = cache.stats.last_fetch_duration or 0.0
+    return _Resolved(provider, chosen, key, duration, cache)
 
 
 def _resolved_json(resolved: _Resolved) -> dict[str, Any]:
@@ -261,14 +224,7 @@ def _ms(seconds: float) -> str:
 
 
 def _cmd_resolve(args: argparse.Namespace, out: _Out) -> int:
-    timeout: float = args.timeout
-    finished, resolved = _run_bounded(lambda: _resolve(args.source), timeout)
-    if not finished or resolved is None:
-        raise CLIError(
-            f"fetching the key did not finish within {timeout:g} s (--timeout); the backend "
-            "may be slow or unreachable",
-            EXIT_FAILED,
-        )
+    resolved = _resolve(args.source, args.timeout)
     key = resolved.key
     if args.reveal:
         print(
@@ -280,9 +236,9 @@ def _cmd_resolve(args: argparse.Namespace, out: _Out) -> int:
     document = {"ok": True, **_resolved_json(resolved)}
     if args.reveal:
         document["value"] = key.reveal()
-    out.document(document)
+    out.document(document, reveal=args.reveal)
     out.line(f"source    {resolved.provider.describe()}  (chosen by {resolved.chosen_by})")
-    out.line(f"key       {key.reveal() if args.reveal else key.masked}")
+    out.line(f"key       {key.reveal() if args.reveal else key.masked}", reveal=args.reveal)
     out.line(f"version   {key.version or '-'}")
     out.line(f"fetched   in {_ms(resolved.fetch_seconds)}")
     return EXIT_OK
@@ -299,151 +255,172 @@ def _base_url(text: str) -> httpx.URL:
     if url is None or url.scheme not in ("http", "https") or not url.host:
         raise CLIError(
             "--base-url must be an http(s) URL such as https://api.scaling.cloud/v1, "
-            f"got {text[:80]!r}"
+            f"got {redact(repr(text[:80]))}"
         )
     if url.userinfo:
         raise CLIError("--base-url must not hold credentials (user:password@); remove them")
     return url
 
 
-@dataclass
-class _CheckState:
-    phase: str = "resolve"
-    resolved: _Resolved | None = None
-    response: httpx.Response | None = None
-    error: BaseException | None = None
-    request_started: float | None = None
-    request_seconds: float = 0.0
+@dataclass(frozen=True)
+class CheckAnswer:
+    """What the check's request came to: the response, or the transport error, or
+    neither when it did not finish within the deadline."""
+
+    response: httpx.Response | None
+    error: BaseException | None
+    seconds: float
 
 
-def _do_check(args: argparse.Namespace, base_url: httpx.URL, state: _CheckState) -> None:
-    from ._api import scaling_client
-    from ._cache import KeyCache
+@dataclass(frozen=True)
+class Verdict:
+    """The check's outcome: exit code, the line to print, and the JSON fields."""
 
-    timeout: float = args.timeout
-    deadline = time.monotonic() + timeout
-    state.resolved = resolved = _resolve(args.source)
-    state.phase = "request"
-    # Failures surface at once (no stale serving): this is a probe.
-    cache = KeyCache(
-        _Prefetched(resolved.provider, resolved.key),
-        ttl=300.0,
-        max_stale=0.0,
-        fetch_timeout=timeout,
-        min_refresh_interval=0.0,
-    )
-    remaining = max(0.1, deadline - time.monotonic())
-    with scaling_client(
-        cache,
-        base_url=str(base_url),
-        allowed_hosts=args.allow_host or None,
-        timeout=httpx.Timeout(remaining),
-        follow_redirects=False,
-    ) as client:
-        state.request_started = started = time.perf_counter()
-        try:
-            state.response = client.get(CHECK_PATH)
-        except httpx.HTTPError as exc:
-            state.error = exc
-        finally:
-            state.request_seconds = time.perf_counter() - started
-    state.phase = "done"
+    code: int
+    text: str
+    fields: dict[str, Any]
 
 
-def _cmd_check(args: argparse.Namespace, out: _Out) -> int:
+def check_verdict(answer: CheckAnswer, *, url: str, timeout: float) -> Verdict:
+    """The verdict on a check (a pure function of what the request came to)."""
     from ._api import parse_error_body
 
-    base_url = _base_url(args.base_url)
-    url = str(base_url).rstrip("/") + CHECK_PATH
-    timeout: float = args.timeout
-    state = _CheckState()
-    finished, _ = _run_bounded(lambda: _do_check(args, base_url, state), timeout)
-    if not finished and state.phase == "resolve":
-        raise CLIError(
-            f"fetching the key did not finish within {timeout:g} s (--timeout); the backend "
-            "may be slow or unreachable",
-            EXIT_FAILED,
-        )
-    resolved = state.resolved
-    assert resolved is not None
-    if not finished and state.request_started is not None:
-        state.request_seconds = time.perf_counter() - state.request_started
-    response = state.response
-    document: dict[str, Any] = {
-        **_resolved_json(resolved),
-        "url": url,
+    fields: dict[str, Any] = {
         "status": None,
         "type": None,
         "code": None,
         "request_id": None,
         "retried": False,
-        "request_ms": round(state.request_seconds * 1000, 3),
     }
+    response = answer.response
     if response is None:
-        exc = state.error
-        if not finished or isinstance(exc, httpx.TimeoutException):
+        exc = answer.error
+        if exc is None or isinstance(exc, httpx.TimeoutException):
             problem = f"no answer from {url} within {timeout:g} s (--timeout)"
             what = "timeout"
         else:
-            detail = _one_line(str(exc)) if exc is not None else ""
+            detail = _one_line(str(exc))
             problem = f"cannot reach {url}: {type(exc).__name__}" + (
                 f" ({detail})" if detail else ""
             )
             what = "unreachable"
-        verdict = f"FAILED: {problem}; check the network path and --base-url"
-        code = EXIT_FAILED
-        document.update(ok=False, error=what)
-    else:
-        body = parse_error_body(response.content)
-        request_id = body.request_id or response.headers.get("x-request-id")
-        document.update(
-            status=response.status_code,
-            type=body.type,
-            code=body.code,
-            request_id=request_id,
-            retried=bool(response.history),
+        fields.update(ok=False, error=what)
+        return Verdict(
+            EXIT_FAILED, f"FAILED: {problem}; check the network path and --base-url", fields
         )
-        rid = f"requestId {request_id or 'none'}"
-        if response.is_success:
-            extra = ", after refreshing a rejected key" if response.history else ""
-            verdict = f"OK: the key works (GET {url} answered {response.status_code}, {rid}{extra})"
-            code = EXIT_OK
-            document.update(ok=True, error=None)
-        else:
-            reason = "/".join(p for p in (body.type, body.code) if p) or "no error code"
-            verdict = f"FAILED: GET {url} answered {response.status_code} {reason} ({rid})"
-            if response.status_code == 401:
-                verdict += (
-                    ": the key is invalid, expired or revoked; put a valid key in the source"
-                    if body.code == "invalid_api_key"
-                    else ": the API did not accept the Authorization header"
-                )
-                code = EXIT_FAILED
-            elif response.is_redirect:
-                where = _one_line(response.headers.get("location", ""))[:120] or "elsewhere"
-                verdict += f": redirected to {where}; check --base-url"
-                code = EXIT_CONFIG
-            elif response.status_code == 404:
-                verdict += ": the path does not exist; check --base-url (it ends in /v1)"
-                code = EXIT_CONFIG
-            elif response.status_code >= 500:
-                verdict += ": the API could not answer; the key may be fine, try again later"
-                code = EXIT_FAILED
+    body = parse_error_body(response.content)
+    request_id = body.request_id or response.headers.get("x-request-id")
+    fields.update(
+        status=response.status_code,
+        type=body.type,
+        code=body.code,
+        request_id=request_id,
+        retried=bool(response.history),
+    )
+    rid = f"requestId {request_id or 'none'}"
+    if response.is_success:
+        extra = ", after refreshing a rejected key" if response.history else ""
+        fields.update(ok=True, error=None)
+        return Verdict(
+            EXIT_OK,
+            f"OK: the key works (GET {url} answered {response.status_code}, {rid}{extra})",
+            fields,
+        )
+    reason = "/".join(p for p in (body.type, body.code) if p) or "no error code"
+    text = f"FAILED: GET {url} answered {response.status_code} {reason} ({rid})"
+    if response.status_code == 401:
+        text += (
+            ": the key is invalid, expired or revoked; put a valid key in the source"
+            if body.code == "invalid_api_key"
+            else ": the API did not accept the Authorization header"
+        )
+        code = EXIT_FAILED
+    elif response.is_redirect:
+        where = _one_line(response.headers.get("location", ""))[:120] or "elsewhere"
+        text += f": redirected to {where}; check --base-url"
+        code = EXIT_CONFIG
+    elif response.status_code == 404:
+        text += ": the path does not exist; check --base-url (it ends in /v1)"
+        code = EXIT_CONFIG
+    elif response.status_code >= 500:
+        text += ": the API could not answer; the key may be fine, try again later"
+        code = EXIT_FAILED
+    else:
+        text += ": an unexpected answer; check --base-url and any proxy in between"
+        code = EXIT_FAILED
+    fields.update(ok=False, error=body.code or f"http_{response.status_code}")
+    return Verdict(code, text, fields)
+
+
+def _send_check(
+    args: argparse.Namespace, base_url: httpx.URL, cache: KeyCache, timeout: float
+) -> CheckAnswer:
+    """``GET /oncall/schedules`` through the cache's auth, bounded by ``timeout`` in all
+    (httpx's timeouts bound each read, not a slow drip): the request runs in a daemon
+    thread that is abandoned when the deadline passes."""
+    from ._api import scaling_client
+
+    box: list[CheckAnswer] = []
+    started = time.perf_counter()
+
+    def send() -> None:
+        with scaling_client(
+            cache,
+            base_url=str(base_url),
+            allowed_hosts=args.allow_host or None,
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+        ) as client:
+            try:
+                response = client.get(CHECK_PATH)
+            except httpx.HTTPError as exc:
+                box.append(CheckAnswer(None, exc, time.perf_counter() - started))
             else:
-                verdict += ": an unexpected answer; check --base-url and any proxy in between"
-                code = EXIT_FAILED
-            document.update(ok=False, error=body.code or f"http_{response.status_code}")
-    document["exit_code"] = code
+                box.append(CheckAnswer(response, None, time.perf_counter() - started))
+
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            send()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="scaling-credentials-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if errors:
+        raise errors[0]
+    if box:
+        return box[0]
+    return CheckAnswer(None, None, time.perf_counter() - started)
+
+
+def _cmd_check(args: argparse.Namespace, out: _Out) -> int:
+    base_url = _base_url(args.base_url)
+    url = str(base_url).rstrip("/") + CHECK_PATH
+    timeout: float = args.timeout
+    deadline = time.monotonic() + timeout
+    resolved = _resolve(args.source, timeout)
+    answer = _send_check(args, base_url, resolved.cache, max(0.1, deadline - time.monotonic()))
+    verdict = check_verdict(answer, url=url, timeout=timeout)
+    document: dict[str, Any] = {
+        **_resolved_json(resolved),
+        "url": url,
+        **verdict.fields,
+        "request_ms": round(answer.seconds * 1000, 3),
+        "exit_code": verdict.code,
+    }
     out.document({"ok": document.pop("ok"), **document})
     if out.quiet:
-        if code != EXIT_OK:
-            print(f"{PROG}: {verdict}", file=sys.stderr, flush=True)
-        return code
-    out.line(verdict)
+        if verdict.code != EXIT_OK:
+            print(f"{PROG}: {redact(verdict.text)}", file=sys.stderr, flush=True)
+        return verdict.code
+    out.line(verdict.text)
     out.line(f"  source   {resolved.provider.describe()}  (chosen by {resolved.chosen_by})")
     out.line(f"  key      {resolved.key.masked}  (version {resolved.key.version or '-'})")
-    out.line(f"  timing   key {_ms(resolved.fetch_seconds)}, request {_ms(state.request_seconds)}")
-    return code
+    out.line(f"  timing   key {_ms(resolved.fetch_seconds)}, request {_ms(answer.seconds)}")
+    return verdict.code
 
 
 # --------------------------------------------------------------------------- providers

@@ -231,23 +231,22 @@ def test_after_a_rejection_refresh_now_gets_past_the_extension_cache(
     old = provider.fetch()
     put(sm, secret_name, SecretString=KEY_B)
     assert provider.fetch() == old  # the extension's cache still holds it
-    provider.on_rejected(old)
-    assert provider.fetch().reveal() == KEY_B
+    assert provider.refetch(old).reveal() == KEY_B
     assert provider.fetch().reveal() == KEY_B
     assert [r.params.get("refreshNow") for r in extension.requests] == [None, None, "true", None]
 
 
-def test_a_failed_fetch_after_a_rejection_keeps_asking_for_a_refresh(
+def test_a_failed_refetch_can_simply_be_asked_again(
     extension: Any, sm: Any, secret_name: str, put: Callable[..., str]
 ) -> None:
     put(sm, secret_name, SecretString=KEY_A)
     provider = LambdaExtensionProvider(secret_name, port=extension.port)
-    provider.on_rejected(provider.fetch())
+    rejected = provider.fetch()
     put(sm, secret_name, SecretString=KEY_B)
     extension.scripted.append((502, b"bad gateway"))
     with pytest.raises(ProviderError, match="502"):
-        provider.fetch()
-    assert provider.fetch().reveal() == KEY_B
+        provider.refetch(rejected)
+    assert provider.refetch(rejected).reveal() == KEY_B  # no state to lose between calls
     assert [r.params.get("refreshNow") for r in extension.requests] == [None, "true", "true"]
 
 
@@ -265,8 +264,7 @@ def test_refresh_now_ignored_falls_back_to_a_direct_read(
     provider = LambdaExtensionProvider(secret_name, port=extension.port)
     old = provider.fetch()
     version = put(sm, secret_name, SecretString=KEY_B)
-    provider.on_rejected(old)
-    fresh = asyncio.run(provider.afetch())
+    fresh = asyncio.run(provider.arefetch(old))
     assert (fresh.reveal(), fresh.version) == (KEY_B, version)
     assert fresh.source == f"aws-sm:{secret_name}"  # it says where it really came from
     assert provider.fetch() == old  # later fetches go through the extension again
@@ -284,12 +282,12 @@ def test_a_400_to_refresh_now_is_retried_without_it(
     put(sm, secret_name, SecretString=KEY_A)
     extension = fake_extension()
     provider = LambdaExtensionProvider(secret_name, port=extension.port)
-    provider.on_rejected(provider.fetch())
+    rejected = provider.fetch()
     put(sm, secret_name, SecretString=KEY_B)
     extension.scripted.append((400, b"unknown query parameter refreshNow"))
     # The extension refused refreshNow: the provider asks again without it, gets the
     # cached (rejected) key, and reads Secrets Manager directly.
-    assert provider.fetch().reveal() == KEY_B
+    assert provider.refetch(rejected).reveal() == KEY_B
     assert [r.params.get("refreshNow") for r in extension.requests][-2:] == ["true", None]
 
 
@@ -313,9 +311,8 @@ def test_without_boto3_a_stale_extension_answer_is_returned_with_a_warning(
     put(sm, secret_name, SecretString=KEY_A)
     provider = LambdaExtensionProvider(secret_name, port=extension.port)
     old = provider.fetch()
-    provider.on_rejected(old)
     with caplog.at_level("WARNING", logger="scaling_credentials.aws"):
-        assert provider.fetch() == old
+        assert provider.refetch(old) == old
     assert "boto3 is not installed" in caplog.text
     assert_no_secret(KEY_A, caplog.text)
 

@@ -39,10 +39,11 @@ class CountingProvider(Provider):
     def describe(self) -> str:
         return self.inner.describe()
 
-    def on_rejected(self, key: ApiKey) -> None:
+    def refetch(self, rejected: ApiKey) -> ApiKey:
         with self._lock:
-            self.rejections.append(key.masked)
-        self.inner.on_rejected(key)
+            self.fetches += 1
+            self.rejections.append(rejected.masked)
+        return self.inner.refetch(rejected)
 
 
 class FakeClock:

@@ -73,7 +73,7 @@ class TestSecretsManagerProviderJSONField(TestSecretsManagerProvider):
 
 
 class TestLambdaExtensionProvider(_MotoSecret, ProviderTests):
-    # The extension caches on its own: new values show up after on_rejected.
+    # The extension caches on its own: new values show up through refetch().
     reads_fresh_each_fetch = False
     honour_refresh_now = True
 

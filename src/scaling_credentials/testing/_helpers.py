@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from .._errors import ProviderError
 from .._key import ApiKey
@@ -38,7 +38,8 @@ class MemoryProvider(Provider):
     raise (an exception instance, or ``True`` for a :class:`ProviderError`). ``gate``, when
     set to a :class:`threading.Event`, makes each fetch wait for it (bounded by
     ``gate_timeout``) so that tests can hold a fetch in flight. ``delay`` adds a real
-    delay. ``fetches`` counts backend calls; ``rejected`` records ``on_rejected`` calls.
+    delay. ``fetches`` counts backend calls; ``rejected`` records the keys passed to
+    :meth:`refetch` (which then fetches as usual).
     """
 
     def __init__(self, value: str | None = None, *, name: str = "memory") -> None:
@@ -77,9 +78,10 @@ class MemoryProvider(Provider):
             raise SecretNotFoundError(f"{self.describe()} holds no key", provider=self.describe())
         return ApiKey(self.value, source=self.describe())
 
-    def on_rejected(self, key: ApiKey) -> None:
+    def refetch(self, rejected: ApiKey) -> ApiKey:
         with self._lock:
-            self.rejected.append(key)
+            self.rejected.append(rejected)
+        return self.fetch()
 
 
 class FaultyProvider(Provider):
@@ -100,7 +102,8 @@ class FaultyProvider(Provider):
     ``max_in_flight`` the most attempts ever running at once (1 under a single-flight
     cache), and ``attempts`` holds the ``clock()`` reading at each attempt (pass the
     cache's fake clock to count attempts per backoff step). :meth:`describe` and
-    :meth:`on_rejected` are those of the wrapped provider.
+    :meth:`stamp` and :meth:`explain_stuck` are those of the wrapped provider, and a
+    :meth:`refetch` goes through the same fault injection to the wrapped provider's.
     """
 
     def __init__(
@@ -134,6 +137,9 @@ class FaultyProvider(Provider):
         return self.inner.describe()
 
     def fetch(self) -> ApiKey:
+        return self._attempt(self.inner.fetch)
+
+    def _attempt(self, call: Callable[[], ApiKey]) -> ApiKey:
         with self._lock:
             self.calls += 1
             self.in_flight += 1
@@ -161,10 +167,16 @@ class FaultyProvider(Provider):
                     self.failures += 1
                     self.failed_attempts.append(index)
                 raise fail
-            return self.inner.fetch()
+            return call()
         finally:
             with self._lock:
                 self.in_flight -= 1
 
-    def on_rejected(self, key: ApiKey) -> None:
-        self.inner.on_rejected(key)
+    def refetch(self, rejected: ApiKey) -> ApiKey:
+        return self._attempt(lambda: self.inner.refetch(rejected))
+
+    def stamp(self) -> Hashable | None:
+        return self.inner.stamp()
+
+    def explain_stuck(self, rejected: ApiKey) -> str:
+        return self.inner.explain_stuck(rejected)

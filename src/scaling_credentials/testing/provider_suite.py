@@ -72,7 +72,7 @@ class ProviderTests:
     """Behaviour every provider must have. Subclasses implement the three hooks."""
 
     #: Set False for a provider whose backend caches on its own (its new values show up
-    #: only after ``on_rejected``).
+    #: only through :meth:`~Provider.refetch`).
     reads_fresh_each_fetch: bool = True
 
     def make_provider(self) -> Provider:
@@ -87,10 +87,12 @@ class ProviderTests:
     # -- helpers
 
     def _fetch_after_store(self, provider: Provider, value: str) -> ApiKey:
+        if self.reads_fresh_each_fetch:
+            self.store(value)
+            return provider.fetch()
+        rejected = provider.fetch()
         self.store(value)
-        if not self.reads_fresh_each_fetch:
-            provider.on_rejected(provider.fetch())
-        return provider.fetch()
+        return provider.refetch(rejected)
 
     # -- the suite
 
@@ -201,10 +203,41 @@ class ProviderTests:
         for key in results:
             assert_key_is(key, value)
 
-    def test_on_rejected_is_safe_and_next_fetch_works(self) -> None:
+    def test_refetch_gets_past_caches_and_keeps_no_state(self) -> None:
         self.store(good_value("rej"))
         provider = self.make_provider()
-        key = provider.fetch()
-        provider.on_rejected(key)
+        rejected = provider.fetch()
         self.store(good_value("after"))
-        assert_key_is(provider.fetch(), good_value("after"))
+        assert_key_is(provider.refetch(rejected), good_value("after"))
+        # Stateless: asking again, asynchronously, or with a plain fetch, works the same.
+        assert_key_is(provider.refetch(rejected), good_value("after"))
+        assert_key_is(asyncio.run(provider.arefetch(rejected)), good_value("after"))
+        if self.reads_fresh_each_fetch:
+            assert_key_is(provider.fetch(), good_value("after"))
+
+    def test_refetch_of_a_missing_secret_raises_secret_not_found(self) -> None:
+        self.store(good_value("gone"))
+        provider = self.make_provider()
+        rejected = provider.fetch()
+        self.remove()
+        with pytest.raises(SecretNotFoundError):
+            provider.refetch(rejected)
+
+    def test_stamp_is_cheap_and_changes_with_the_value(self) -> None:
+        self.store(good_value("s1"))
+        provider = self.make_provider()
+        first = provider.stamp()
+        if first is None:
+            return  # the provider cannot tell changes without fetching: allowed
+        hash(first)
+        assert provider.stamp() == first  # nothing changed
+        self.store(good_value("s2"))
+        assert provider.stamp() != first
+
+    def test_explain_stuck_names_the_source_without_the_secret(self) -> None:
+        value = good_value("stuck")
+        self.store(value)
+        provider = self.make_provider()
+        text = provider.explain_stuck(provider.fetch())
+        assert isinstance(text, str) and text
+        assert_no_secret(_token(value), text)

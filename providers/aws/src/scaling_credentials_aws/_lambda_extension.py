@@ -97,7 +97,7 @@ class LambdaExtensionProvider(Provider):
       many seconds.
 
     Never imports boto3, except for the direct read after a rejected key (see
-    :meth:`on_rejected`).
+    :meth:`refetch`).
     """
 
     def __init__(
@@ -132,7 +132,6 @@ class LambdaExtensionProvider(Provider):
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
         self._client_pid: int | None = None
-        self._rejected: ApiKey | None = None
         self._direct: Provider | None = None
         _providers.add(self)
 
@@ -172,29 +171,6 @@ class LambdaExtensionProvider(Provider):
 
     # ------------------------------------------------------------------ rotation
 
-    def on_rejected(self, key: ApiKey) -> None:
-        """Make the next fetch get past the extension's cache.
-
-        The next request carries ``refreshNow=true``. If the extension still answers with
-        the rejected key (it ignored the parameter, or the secret really was not rotated
-        yet), and boto3 is installed, that fetch reads Secrets Manager directly.
-        """
-        with self._lock:
-            self._rejected = key
-
-    def _take_rejected(self) -> ApiKey | None:
-        with self._lock:
-            rejected, self._rejected = self._rejected, None
-        return rejected
-
-    def _restore_rejected(self, rejected: ApiKey | None) -> None:
-        # A failed fetch must not lose the "get past the cache" request: the next one
-        # (the cache retries with backoff) still needs it.
-        if rejected is not None:
-            with self._lock:
-                if self._rejected is None:
-                    self._rejected = rejected
-
     def _direct_provider(self) -> Provider | None:
         with self._lock:
             if self._direct is not None:
@@ -211,8 +187,8 @@ class LambdaExtensionProvider(Provider):
             )
             return self._direct
 
-    def _after_fresh_read(self, key: ApiKey, rejected: ApiKey | None) -> Provider | None:
-        if rejected is None or key != rejected:
+    def _after_fresh_read(self, key: ApiKey, rejected: ApiKey) -> Provider | None:
+        if key != rejected:
             return None
         direct = self._direct_provider()
         if direct is None:
@@ -388,18 +364,20 @@ class LambdaExtensionProvider(Provider):
                 raise self._unreachable(exc) from exc
 
     def fetch(self) -> ApiKey:
-        rejected = self._take_rejected()
+        return self._to_key(self._exchange(refresh_now=False))
+
+    def refetch(self, rejected: ApiKey) -> ApiKey:
+        """Ask the extension with ``refreshNow=true`` (honoured by the AWS Secrets Manager
+        Agent), so that its own cache is bypassed. If it still answers with the rejected
+        key (it ignored the parameter, or the secret really was not rotated yet) and boto3
+        is installed, read Secrets Manager directly."""
         try:
-            try:
-                document = self._exchange(refresh_now=rejected is not None)
-            except _RefreshNowRefused:
-                document = self._exchange(refresh_now=False)
-            key = self._to_key(document)
-            direct = self._after_fresh_read(key, rejected)
-            return direct.fetch() if direct is not None else key
-        except BaseException:
-            self._restore_rejected(rejected)
-            raise
+            document = self._exchange(refresh_now=True)
+        except _RefreshNowRefused:
+            document = self._exchange(refresh_now=False)
+        key = self._to_key(document)
+        direct = self._after_fresh_read(key, rejected)
+        return direct.fetch() if direct is not None else key
 
     # ------------------------------------------------------------------ async driver
 
@@ -436,18 +414,16 @@ class LambdaExtensionProvider(Provider):
                     raise self._unreachable(exc) from exc
 
     async def afetch(self) -> ApiKey:
-        rejected = self._take_rejected()
+        return self._to_key(await self._aexchange(refresh_now=False))
+
+    async def arefetch(self, rejected: ApiKey) -> ApiKey:
         try:
-            try:
-                document = await self._aexchange(refresh_now=rejected is not None)
-            except _RefreshNowRefused:
-                document = await self._aexchange(refresh_now=False)
-            key = self._to_key(document)
-            direct = self._after_fresh_read(key, rejected)
-            return await direct.afetch() if direct is not None else key
-        except BaseException:
-            self._restore_rejected(rejected)
-            raise
+            document = await self._aexchange(refresh_now=True)
+        except _RefreshNowRefused:
+            document = await self._aexchange(refresh_now=False)
+        key = self._to_key(document)
+        direct = self._after_fresh_read(key, rejected)
+        return await direct.afetch() if direct is not None else key
 
     def _timeout(self, exc: Exception) -> ProviderError:
         desc = self.describe()
