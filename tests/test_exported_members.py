@@ -57,6 +57,7 @@ TESTING = [
     "run_prefork_rotation",
     "run_rotation_tasks",
     "run_rotation_threads",
+    "wait_for_port",
 ]
 
 PROVIDER_SUITE = ["BAD_VALUES", "ProviderTests", "assert_key_is", "assert_no_secret"]

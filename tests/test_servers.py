@@ -28,7 +28,6 @@ import importlib.util
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -42,8 +41,13 @@ from typing import Any
 import httpx
 import pytest
 
-from scaling_credentials._demo import SecretVolume
-from scaling_credentials.testing import FakeScalingAPI, free_port, rotate_and_revoke
+from scaling_credentials.testing import (
+    FakeScalingAPI,
+    SecretVolume,
+    free_port,
+    rotate_and_revoke,
+    wait_for_port,
+)
 from scaling_credentials.testing.provider_suite import assert_no_secret
 
 pytestmark = [
@@ -153,16 +157,10 @@ def start_server(
 
 
 def wait_listening(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{tail(log)}")
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)  # waiting for a process to bind its port
-    raise AssertionError(f"server not listening on {port} within {START_TIMEOUT} s:\n{tail(log)}")
+    try:
+        wait_for_port(port, process=process, timeout=START_TIMEOUT)
+    except RuntimeError as exc:
+        raise AssertionError(f"{exc}:\n{tail(log)}") from None
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> int:

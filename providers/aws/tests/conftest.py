@@ -7,11 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from scaling_credentials.testing import free_port
+from scaling_credentials.testing import free_port, wait_for_port
 
 REGION = "us-east-1"
 FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -144,19 +142,6 @@ class MotoProcess:
                 self.process.wait(timeout=10)
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited early with {process.returncode}")
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)  # waiting for a process to start, not for a TTL
-    raise RuntimeError("moto_server did not start listening in time")
-
-
 @pytest.fixture
 def moto_process() -> Iterator[MotoProcess]:
     """A dedicated moto server process on a free port (for outages)."""
@@ -169,7 +154,7 @@ def moto_process() -> Iterator[MotoProcess]:
     )
     moto = MotoProcess(process, f"http://127.0.0.1:{port}")
     try:
-        _wait_for_port(port, process)
+        wait_for_port(port, process=process, what="moto_server")
         yield moto
     finally:
         moto.stop()

@@ -6,8 +6,9 @@ a rotation-under-load harness (:func:`run_rotation_threads`, :func:`run_rotation
 (:class:`SecretVolume`), and the ``scaling-credentials demo`` (:func:`run_demo`)."""
 
 from ._demo import DemoOptions, DemoReport, run_demo
-from ._fake_api import FakeScalingAPI, RecordedRequest, ScriptedResponse, free_port
+from ._fake_api import FakeScalingAPI, RecordedRequest, ScriptedResponse
 from ._helpers import FakeClock, FaultyProvider, MemoryProvider
+from ._ports import free_port, wait_for_port
 from ._rotation import (
     PreforkRun,
     RotationRun,
@@ -38,4 +39,5 @@ __all__ = [
     "run_prefork_rotation",
     "run_rotation_tasks",
     "run_rotation_threads",
+    "wait_for_port",
 ]

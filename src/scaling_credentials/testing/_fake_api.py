@@ -387,10 +387,3 @@ class FakeScalingAPI:
             }
             self._schedules.append(schedule)
         return 201, json.dumps({"data": schedule}).encode()
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (for tests that start their own servers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
