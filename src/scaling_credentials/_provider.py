@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Hashable
+from typing import ClassVar
 
+from ._errors import ConfigurationError
 from ._key import ApiKey
 
 __all__ = ["Provider"]
@@ -27,6 +29,10 @@ class Provider(abc.ABC):
     :class:`InvalidKeyFormatError` for a value that is not a key. No message may contain
     the secret value.
     """
+
+    #: Whether :meth:`store` can write a new key to the source (``scaling-credentials
+    #: rotate`` and ``providers`` read it).
+    can_store: ClassVar[bool] = False
 
     @abc.abstractmethod
     def fetch(self) -> ApiKey:
@@ -73,6 +79,19 @@ class Provider(abc.ABC):
         return (
             f"{self.describe()} still returns it; put the new key in the source "
             "(rotate it there) before revoking the old one"
+        )
+
+    def store(self, key: ApiKey) -> str | None:
+        """Write ``key`` to the source as its new current value, keeping what else the
+        source holds (the other fields of a JSON secret, the previous versions), and return
+        the new version's identifier (``None`` when the backend keeps no versions).
+
+        Only providers with :attr:`can_store` implement it; the default raises
+        :class:`ConfigurationError`.
+        """
+        raise ConfigurationError(
+            f"{self.describe()} cannot store a key: write the new key to the source with its "
+            "own tools (sources that can: scaling-credentials providers)"
         )
 
     def describe(self) -> str:
