@@ -1,20 +1,26 @@
 """Property-based tests of KeyCache: a hypothesis state machine drives one cache with a
 FakeClock and a MemoryProvider through reads, forced refreshes (with and without a
-rejected key), clock jumps, rotations, backend failures and recoveries, and checks the
-cache against what the contract allows after every step.
+rejected key), clock jumps, rotations, sources that serve an old key again (a caching
+replica), backend failures and recoveries, and checks the cache against what the contract
+allows after every step.
 
 The model knows only the contract's bounds, not the implementation's draws: an entry's
-lifetime is somewhere in ``[ttl * (1 - jitter), ttl]`` and a backoff step after the n-th
-failure somewhere in ``[step / 2, step]``, so between those bounds either outcome is
-accepted, and outside them the cache must behave one way:
+lifetime is somewhere in ``[ttl * (1 - jitter), ttl]`` (``[ttl * 0.1, ttl]`` for the
+first one after start or invalidate()) and a backoff step after the n-th failure
+somewhere in ``[step / 2, step]``, so between those bounds either outcome is accepted,
+and outside them the cache must behave one way:
 
 * no backend call while the key is surely fresh; a call once it has surely expired
   and no backoff step can still be running (recovery within one step);
 * never a backend call within half a backoff step of a failure;
-* forced fetches at most one per ``min_refresh_interval``;
-* ``refresh(rejected=k)`` with a different key cached returns that key, with no call;
-* the key served is always the last one fetched (so never a key known to be rejected
-  once a newer one is cached), never past expiry + ``max_stale``;
+* every rejected key earns one forced fetch, at once, whatever the interval; a key
+  rejected again after its forced fetch returned it unchanged, and a refresh naming no
+  key, at most one forced fetch per ``min_refresh_interval`` (the per-key bound);
+* ``refresh(rejected=k)`` with a different, not rejected key cached returns that key,
+  with no call;
+* never step back: while the cache holds a key the API has not rejected, it serves that
+  key even when the source returns one the API rejected (the held key is "the best");
+* the key served is the one held, never past expiry + ``max_stale``;
 * an error only when no usable key exists (none fetched, or past the stale window).
 
 Sized to run in a few seconds: see SETTINGS (``SCALING_HYPOTHESIS_EXAMPLES`` raises it).
@@ -36,6 +42,7 @@ from scaling_credentials.testing import FakeClock, MemoryProvider
 
 TTL = 60.0
 JITTER = 0.2
+FIRST_LOW = 0.1  # the first lifetime after start is spread over [0.1, 1] * ttl
 MAX_STALE = 120.0
 MIN_REFRESH = 5.0
 BACKOFF_INITIAL = 1.0
@@ -57,24 +64,30 @@ def backoff_step(failures: int) -> float:
 
 @dataclass
 class Entry:
+    """What the model knows of the held entry: its key and bounds on its expiry and on
+    when a background re-read is due (a kept entry's; otherwise at expiry)."""
+
     key: str
-    fetched_at: float
+    expires_lo: float
+    expires_hi: float
+    recheck_lo: float
+    recheck_hi: float
 
     @property
     def surely_fresh_until(self) -> float:
-        return self.fetched_at + TTL * (1 - JITTER)
+        return min(self.expires_lo, self.recheck_lo)
 
     @property
     def surely_expired_from(self) -> float:
-        return self.fetched_at + TTL
+        return self.expires_hi
 
     @property
     def surely_usable_until(self) -> float:
-        return self.fetched_at + TTL * (1 - JITTER) + MAX_STALE
+        return self.expires_lo + MAX_STALE
 
     @property
     def surely_dead_after(self) -> float:
-        return self.fetched_at + TTL + MAX_STALE
+        return self.expires_hi + MAX_STALE
 
 
 class CacheMachine(RuleBasedStateMachine):
@@ -83,13 +96,14 @@ class CacheMachine(RuleBasedStateMachine):
     @initialize(seed=st.integers(0, 2**32 - 1))
     def setup(self, seed: int) -> None:
         self.counter = 0
+        self.issued: list[str] = []
         self.clock = FakeClock()
         self.provider = MemoryProvider(self.new_key())
         self.cache = KeyCache(
             self.provider,
             ttl=TTL,
             jitter=JITTER,
-            refresh_ahead=0,  # every fetch is waited for: the machine stays sequential
+            refresh_ahead=0,  # every fetch is waited for, but a kept entry's re-read
             max_stale=MAX_STALE,
             min_refresh_interval=MIN_REFRESH,
             backoff_initial=BACKOFF_INITIAL,
@@ -99,16 +113,20 @@ class CacheMachine(RuleBasedStateMachine):
             rng=random.Random(seed),
         )
         self.entry: Entry | None = None
+        self.first = True
+        self.kept_in_a_row = 0
         self.failures = 0
         self.last_failure_at: float | None = None
         self.last_forced_at: float | None = None
         self.forced_at: list[float] = []
-        self.rejected: set[str] = set()
-        self.served: list[str] = []
+        self.verdicts: dict[str, str] = {}  # rejected key -> new | stuck | failed | replaced
+        self.best: str | None = None  # the held key while the API has not rejected it
 
     def new_key(self) -> str:
         self.counter += 1
-        return f"scl_live_property{self.counter:04d}abcdefghij"
+        key = f"scl_live_property{self.counter:04d}abcdefghij"
+        self.issued.append(key)
+        return key
 
     # ------------------------------------------------------------------ helpers
 
@@ -127,6 +145,12 @@ class CacheMachine(RuleBasedStateMachine):
             return False
         return self.now < self.last_failure_at + 0.5 * backoff_step(self.failures) - EPS
 
+    def settle(self) -> None:
+        """Let a background re-read (a kept entry's) finish: the machine stays sequential."""
+        flight = self.cache._flight
+        if flight is not None:
+            assert flight.done.wait(10), "a background fetch did not finish"
+
     def call(self, method: str, rejected: str | None = None) -> tuple[bool, ApiKey | None, bool]:
         """(backend called?, key or None, raised?)"""
         before = self.provider.fetches
@@ -138,35 +162,69 @@ class CacheMachine(RuleBasedStateMachine):
             raised = False
         except ProviderError:
             key, raised = None, True
+        self.settle()
         calls = self.provider.fetches - before
         assert calls <= 1, f"{calls} backend calls for one {method}()"
         return calls == 1, key, raised
 
-    def record_attempt(self, fetched: bool, key: ApiKey | None) -> None:
+    def record_attempt(self, fetched: bool, forced_for: str | None = None) -> None:
         if not fetched:
             return
-        assert not self.backoff_surely_runs(), "backend called within half a backoff step"
+        assert not self.backoff_surely_runs() or forced_for is not None, (
+            "backend called within half a backoff step"
+        )
+        now = self.now
         if self.provider.fail:
             self.failures += 1
-            self.last_failure_at = self.now
-        else:
-            assert key is not None and key.reveal() == self.provider.value
-            self.entry = Entry(self.provider.value or "", self.now)
-            self.failures = 0
-            self.last_failure_at = None
+            self.last_failure_at = now
+            if forced_for is not None:
+                self.verdicts[forced_for] = "failed"
+            return
+        value = self.provider.value or ""
+        if forced_for is not None:
+            self.verdicts[forced_for] = "stuck" if value == forced_for else "replaced"
+        low = FIRST_LOW if self.first else 1 - JITTER
+        self.first = False
+        self.failures = 0
+        self.last_failure_at = None
+        held = self.entry
+        if (
+            value in self.verdicts
+            and held is not None
+            and held.key != value
+            and held.key not in self.verdicts
+        ):
+            # Never step back: the held key stays, re-read after a backoff step.
+            self.kept_in_a_row += 1
+            step = backoff_step(self.kept_in_a_row)
+            self.entry = Entry(
+                held.key,
+                max(held.expires_lo, now + TTL * low),
+                max(held.expires_hi, now + TTL),
+                now + 0.5 * step,
+                now + step,
+            )
+            return
+        self.kept_in_a_row = 0
+        self.entry = Entry(value, now + TTL * low, now + TTL, now + TTL * low, now + TTL)
+        self.best = value if value not in self.verdicts else None
 
-    def check_served(self, key: ApiKey | None, *, stale_window: bool = True) -> None:
+    def check_served(self, key: ApiKey | None, before: Entry | None) -> None:
         if key is None:
             return
         value = key.reveal()
         assert self.entry is not None, "served a key with none fetched"
-        # Always the last key fetched: never an older (possibly rejected) one.
-        assert value == self.entry.key, "served a key other than the last one fetched"
-        if value in self.rejected:
-            assert self.entry.key == value, "served a rejected key while a newer one is cached"
-        if stale_window:
-            assert self.now <= self.entry.surely_dead_after + EPS, "served past max_stale"
-        self.served.append(value)
+        # The key held; a background re-read may have changed it after it was served.
+        allowed = {self.entry.key} | ({before.key} if before is not None else set())
+        assert value in allowed, "served a key other than the one held"
+        assert self.now <= max(e.surely_dead_after for e in (self.entry, before) if e) + EPS, (
+            "served past max_stale"
+        )
+
+    def reject(self, key: str) -> None:
+        self.verdicts.setdefault(key, "new")
+        if self.best == key:
+            self.best = None
 
     # ------------------------------------------------------------------ rules
 
@@ -183,56 +241,64 @@ class CacheMachine(RuleBasedStateMachine):
             and not self.backoff_may_run()
         ):
             assert fetched, "expired, out of backoff, yet no backend call"
-        self.record_attempt(fetched, key)
+        self.record_attempt(fetched)
         if raised:
             usable = entry is not None and self.now <= entry.surely_usable_until - EPS
             assert not usable, "raised while a usable key was held"
         else:
             assert key is not None
-        self.check_served(key)
+        self.check_served(key, entry)
 
-    @rule(which=st.sampled_from(["none", "current", "older"]))
-    def refresh(self, which: str) -> None:
+    @rule(which=st.sampled_from(["none", "current", "older"]), pick=st.integers(0, 1000))
+    def refresh(self, which: str, pick: int) -> None:
         entry = self.entry
         rejected: str | None = None
         if which == "current" and entry is not None:
             rejected = entry.key
-        elif which == "older" and self.counter > 1:
-            rejected = "scl_live_property0001abcdefghij"
+        elif which == "older" and len(self.issued) > 1:
+            rejected = self.issued[pick % (len(self.issued) - 1)]
+        verdict = self.verdicts.get(rejected, "new") if rejected is not None else None
         if rejected is not None:
-            self.rejected.add(rejected)
+            self.reject(rejected)
         if entry is None:
             # Nothing cached: refresh behaves as get().
             fetched, key, raised = self.call("refresh", rejected)
-            self.record_attempt(fetched, key)
+            self.record_attempt(fetched)
             assert raised or key is not None
-            self.check_served(key)
+            self.check_served(key, entry)
             return
+        held_good = entry.key not in self.verdicts
         fetched, key, raised = self.call("refresh", rejected)
         surely_usable = self.now <= entry.surely_usable_until - EPS
         surely_dead = self.now > entry.surely_dead_after + EPS
-        if rejected is not None and rejected != entry.key and surely_usable:
-            # A different, usable key is cached: it is returned, no backend call.
+        if rejected is not None and rejected != entry.key and held_good and surely_usable:
+            # A different usable key the API has not rejected is held: no backend call.
             assert not fetched and not raised
             assert key is not None and key.reveal() == entry.key
-            self.check_served(key)
+            self.check_served(key, entry)
             return
+        if rejected is not None and verdict == "new" and not (rejected != entry.key and held_good):
+            # Every rejected key earns one forced fetch, at once.
+            assert fetched, "a newly rejected key did not get its forced fetch"
         if fetched:
-            if self.last_forced_at is not None:
+            if verdict not in ("new", "failed") and self.last_forced_at is not None:
                 assert self.now - self.last_forced_at >= MIN_REFRESH - EPS, (
-                    "two forced fetches within min_refresh_interval"
+                    "a key already refetched was forced again within min_refresh_interval"
                 )
+            if verdict not in ("new",):
+                assert not self.backoff_surely_runs(), "forced fetch within a backoff step"
             self.last_forced_at = self.now
             self.forced_at.append(self.now)
-            self.record_attempt(fetched, key)
+            self.record_attempt(fetched, forced_for=rejected)
             # A forced fetch that fails raises to its caller; one that works returns it.
             assert raised == bool(self.provider.fail)
-        elif rejected is not None and rejected != entry.key and not surely_dead:
+        elif rejected is not None and rejected != entry.key and held_good and not surely_dead:
             # Near the edge of the stale window: the different key, or the error.
             assert raised or (key is not None and key.reveal() == entry.key)
         else:
             recently = (
-                self.last_forced_at is not None
+                verdict != "failed"
+                and self.last_forced_at is not None
                 and self.now - self.last_forced_at < MIN_REFRESH - EPS
             )
             assert recently or self.backoff_may_run(), "forced refresh skipped without reason"
@@ -240,7 +306,7 @@ class CacheMachine(RuleBasedStateMachine):
                 assert raised, "refresh() handed out a key past its stale window"
             elif surely_usable:
                 assert not raised and key is not None and key.reveal() == entry.key
-        self.check_served(key)
+        self.check_served(key, entry)
 
     @rule(seconds=st.sampled_from([0.1, 0.5, 1.0, 2.5, 5.0, 9.0, 30.0, 47.0, 61.0, 130.0]))
     def advance(self, seconds: float) -> None:
@@ -249,6 +315,14 @@ class CacheMachine(RuleBasedStateMachine):
     @rule()
     def rotate(self) -> None:
         self.provider.value = self.new_key()
+
+    @precondition(lambda self: len(self.issued) > 1)
+    @rule(pick=st.integers(0, 1000), rejected_one=st.booleans())
+    def revert(self, pick: int, rejected_one: bool) -> None:
+        # The source serves an older key again (a caching replica behind it), often one
+        # the API rejected.
+        pool = sorted(self.verdicts) if rejected_one and self.verdicts else self.issued
+        self.provider.value = pool[pick % len(pool)]
 
     @precondition(lambda self: not self.provider.fail)
     @rule()
@@ -264,6 +338,9 @@ class CacheMachine(RuleBasedStateMachine):
     def invalidate(self) -> None:
         self.cache.invalidate()
         self.entry = None
+        self.best = None
+        self.first = True
+        self.kept_in_a_row = 0
         self.failures = 0
         self.last_failure_at = None
 
@@ -277,12 +354,20 @@ class CacheMachine(RuleBasedStateMachine):
         assert stats.consecutive_failures == self.failures
 
     @invariant()
-    def peek_is_the_last_key_fetched(self) -> None:
+    def peek_is_the_key_held(self) -> None:
         peeked = self.cache.peek()
         if self.entry is None:
             assert peeked is None
         else:
             assert peeked is not None and peeked.reveal() == self.entry.key
+
+    @invariant()
+    def never_steps_back_from_a_key_the_api_accepts(self) -> None:
+        if self.best is not None:
+            peeked = self.cache.peek()
+            assert peeked is not None and peeked.reveal() == self.best, (
+                "serves another key while a key the API has not rejected is held"
+            )
 
 
 CacheMachine.TestCase.settings = SETTINGS

@@ -14,6 +14,7 @@ import scaling_credentials.toolkit
 
 CORE = [
     "ApiKey",
+    "CacheEvent",
     "CacheStats",
     "ChainProvider",
     "ConfigurationError",

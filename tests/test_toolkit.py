@@ -229,6 +229,8 @@ def test_redact_masks_keys_percent_encoded_prefixes_tokens_and_known_secrets() -
         assert_no_secret(secret, masked)
     assert "scl_live_****6789" in masked
     assert redact(masked) == masked  # idempotent
+    prose = "store only the key (scl_live_...), the library adds the prefix"
+    assert redact(prose) == prose  # a placeholder is no key
     assert redact("nothing here") == "nothing here"
 
 

@@ -23,6 +23,7 @@ from ._errors import (
     ScalingCredentialsError,
     SecretNotFoundError,
 )
+from ._events import CacheEvent
 from ._file import FileProvider
 from ._key import ApiKey
 from ._provider import Provider
@@ -32,6 +33,7 @@ from ._version import __version__
 
 __all__ = [
     "ApiKey",
+    "CacheEvent",
     "CacheStats",
     "ChainProvider",
     "ConfigurationError",

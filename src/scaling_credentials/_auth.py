@@ -20,10 +20,11 @@ from ._cache import KeyCache, RefreshOutcome
 from ._errors import ConfigurationError, ScalingCredentialsError
 from ._key import ApiKey
 from ._provider import Provider
+from ._redact import get_logger
 
 __all__ = ["ScalingAuth", "is_key_rejection", "retry_decision"]
 
-logger = logging.getLogger("scaling_credentials.auth")
+logger: logging.Logger = get_logger("scaling_credentials.auth")
 
 SCALING_HOST = "api.scaling.cloud"
 
@@ -111,10 +112,13 @@ def _is_replayable(request: httpx.Request) -> bool:
 Decision = Literal["retry", "same-key", "not-replayable"]
 
 
-def retry_decision(sent: ApiKey, fresh: ApiKey, *, replayable: bool) -> Decision:
+def retry_decision(
+    sent: ApiKey, fresh: ApiKey, *, replayable: bool, known_rejected: bool = False
+) -> Decision:
     """What to do after a rejected key was refreshed: retry with ``fresh``, or return the
-    401 because the source still holds the rejected key or the body cannot be resent."""
-    if fresh == sent:
+    401 because the source still holds the rejected key (or only keys the API rejected
+    before: ``known_rejected``) or the body cannot be resent."""
+    if fresh == sent or known_rejected:
         return "same-key"
     if not replayable:
         return "not-replayable"
@@ -123,15 +127,6 @@ def retry_decision(sent: ApiKey, fresh: ApiKey, *, replayable: bool) -> Decision
 
 def _request_id(body: bytes) -> str:
     return parse_error_body(body).request_id or "none"
-
-
-_SAME_KEY_REASONS: dict[RefreshOutcome, str] = {
-    "fetched": "{source} still holds it. Put a valid key in the source (rotate it) to recover",
-    "cached": "{source} still holds it. Put a valid key in the source (rotate it) to recover",
-    "skipped-interval": "{source} was not asked again: the last forced fetch was less than "
-    "min_refresh_interval ago",
-    "skipped-backoff": "{source} was not asked: it is failing and in backoff",
-}
 
 
 # ---------------------------------------------------------------------- the auth
@@ -198,7 +193,9 @@ class ScalingAuth(httpx.Auth):
         fresh: ApiKey,
         outcome: RefreshOutcome,
     ) -> bool:
-        decision = retry_decision(sent, fresh, replayable=_is_replayable(request))
+        decision = retry_decision(
+            sent, fresh, replayable=_is_replayable(request), known_rejected=outcome == "rejected"
+        )
         if decision == "retry":
             logger.info(
                 "Scaling API rejected key %s (requestId %s); retrying %s %s once with %s from %s",
@@ -212,11 +209,13 @@ class ScalingAuth(httpx.Auth):
             self._apply(request, fresh)
             return True
         if decision == "same-key":
-            logger.warning(
-                "Scaling API rejected key %s (requestId %s); returning the 401: %s",
+            # The cache warned (once a minute per key, naming the likely cause).
+            logger.debug(
+                "Scaling API rejected key %s (requestId %s); the source has no other key "
+                "(%s), returning the 401",
                 sent.masked,
                 _request_id(body),
-                _SAME_KEY_REASONS[outcome].format(source=self._cache.describe()),
+                outcome,
             )
         else:
             logger.warning(

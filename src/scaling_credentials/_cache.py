@@ -1,43 +1,36 @@
 """KeyCache: a TTL cache for one API key, single-flight across threads and asyncio tasks.
 
-How a key moves through the cache::
+The cache is three parts, each one idea:
 
-    fresh ──(refresh_ahead before expiry)──> refreshing in the background, still served
-      │                                                      │
-      └──(expiry)──> one fetch, every caller waits ──> fresh │ or, on failure,
-                                                           stale within max_stale, with backoff
+* :mod:`._schedule` decides (pure: no clock, lock, thread or I/O): when a key expires or
+  is refreshed ahead of expiry, how long the backend rests after a failure, which rejected
+  key earns a forced fetch, and what a read or a refresh does now, as a typed action. It
+  holds the one entry.
+* :mod:`._flight` runs a fetch off every caller's stack (a daemon thread, or a task for a
+  native async provider) and lets any number of threads and tasks wait for it with a
+  deadline, so a hung backend never holds a request longer than ``fetch_timeout``.
+* This module is the drivers: ``get``/``aget`` and ``refresh``/``arefresh`` take the lock
+  only to ask the schedule and record outcomes (never across I/O, so it is safe to take
+  from the event loop), carry out the action, log and publish events.
 
-Design notes (why it is built this way):
-
-* The hot path is one clock read and one comparison against an immutable snapshot, so a
-  cached read costs well under a microsecond. The snapshot is derived from the entry in a
-  ``cachetools.TLRUCache`` whose per-item time-to-use carries the jittered lifetime.
-* Every backend call runs off the caller's stack: sync fetches in a short-lived daemon
-  thread, async fetches as a task (or the same thread when the provider has no native
-  ``afetch``). Callers wait for the shared result with a deadline, so a hung backend never
-  holds a request longer than ``fetch_timeout``, and a cancelled waiter never cancels the
-  fetch for the others.
-* The lock is held only to read or swap state, never across I/O, so it is safe to take
-  from the event loop.
+The hot path is one clock read and one comparison against the immutable entry, so a cached
+read costs well under a microsecond.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random as _random
 import threading
 import time
-import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Final, Literal, NamedTuple
-
-import cachetools
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 if TYPE_CHECKING:
-    # asyncio is imported where it is used: it costs ~15 ms at cold start (Lambda).
-    import asyncio
+    pass  # imported where it is used: it costs ~15 ms at cold start (Lambda)
 
 from ._errors import (
     ConfigurationError,
@@ -45,27 +38,44 @@ from ._errors import (
     ProviderTimeoutError,
     ScalingCredentialsError,
 )
+from ._events import CacheEvent, Subscribers
+from ._flight import Flight, running_loop, start_thread
+from ._fork import after_fork
 from ._key import ApiKey
+from ._options import seconds
 from ._provider import Provider
+from ._redact import get_logger
+from ._schedule import (
+    Action,
+    Check,
+    Fail,
+    Failed,
+    Fetch,
+    Join,
+    Kept,
+    Outcome,
+    Policy,
+    Refresh,
+    RefreshOutcome,
+    Schedule,
+    Serve,
+    Stored,
+    Verdict,
+)
 
-__all__ = ["CacheStats", "KeyCache", "default_ttl"]
+__all__ = ["CacheEvent", "CacheStats", "KeyCache", "RefreshOutcome", "default_ttl"]
 
-logger = logging.getLogger("scaling_credentials.cache")
+logger: logging.Logger = get_logger("scaling_credentials.cache")
 
 DEFAULT_TTL: Final = 300.0
-_KEY: Final = "key"
-
-
-def _seconds(value: float | timedelta, name: str, *, allow_zero: bool = True) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    seconds = float(value)
-    if seconds != seconds or seconds < 0 or (not allow_zero and seconds == 0):
-        bound = "greater than 0" if not allow_zero else "0 or more"
-        raise ConfigurationError(f"{name} must be {bound} seconds, got {value!r}")
-    return seconds
+# One WARNING per stuck key per this many seconds; the rest at DEBUG, counted.
+STUCK_WARNING_EVERY: Final = 60.0
+# Marks the log records of failed fetches (a command that reports the failure itself
+# can leave them out): ``record.scaling_credentials_event == "fetch_failed"``.
+FETCH_FAILED: Final = {"scaling_credentials_event": "fetch_failed"}
+# A read or refresh decides again after waiting for a fetch that was not its own (or that
+# was orphaned); bounded.
+_MAX_ROUNDS: Final = 4
 
 
 def default_ttl(environ: dict[str, str] | None = None) -> float:
@@ -76,21 +86,25 @@ def default_ttl(environ: dict[str, str] | None = None) -> float:
     try:
         value = float(raw)
     except ValueError:
+        value = None
+    if value is None:
+        from ._redact import redact
+
         raise ConfigurationError(
-            f"SCALING_API_KEY_TTL must be a number of seconds, got {raw[:20]!r}"
-        ) from None
-    return _seconds(value, "SCALING_API_KEY_TTL", allow_zero=False)
+            f"SCALING_API_KEY_TTL must be a number of seconds, got {redact(repr(raw[:20]))}"
+        )
+    return seconds(value, "SCALING_API_KEY_TTL", allow_zero=False)
 
 
 class CacheStats(NamedTuple):
     """A snapshot of a :class:`KeyCache`'s counters.
 
-    ``fetches`` counts backend calls started (TTL, refresh-ahead and forced), of which
-    ``forced_fetches`` were forced and ``errors`` failed; ``hits`` counts reads served from
-    the cache (approximate under heavy thread contention: it is a plain counter, kept off
-    the lock on purpose); ``stale_serves`` counts reads served an expired key while the
-    backend failed. ``last_fetch_at`` is the wall-clock time of the last successful fetch
-    and ``last_fetch_duration`` how long it took, in seconds.
+    ``fetches`` counts backend calls started (TTL, refresh-ahead, change and forced), of
+    which ``forced_fetches`` were forced and ``errors`` failed; ``hits`` counts reads
+    served from the cache (approximate under heavy thread contention: it is a plain
+    counter, kept off the lock on purpose); ``stale_serves`` counts reads served an
+    expired key while the backend failed. ``last_fetch_at`` is the wall-clock time of the
+    last successful fetch and ``last_fetch_duration`` how long it took, in seconds.
     """
 
     fetches: int
@@ -103,58 +117,6 @@ class CacheStats(NamedTuple):
     consecutive_failures: int
 
 
-class _Entry(NamedTuple):
-    key: ApiKey
-    fetched_at: float
-    expires_at: float
-    refresh_at: float
-
-
-FlightKind = Literal["ttl", "refresh-ahead", "forced"]
-
-
-class _Flight:
-    """One backend fetch that any number of callers wait for."""
-
-    __slots__ = (
-        "abandoned",
-        "async_waiters",
-        "deadline",
-        "done",
-        "error",
-        "finished",
-        "key",
-        "kind",
-        "loop",
-        "rejected",
-        "started_at",
-        "task",
-    )
-
-    def __init__(self, kind: FlightKind, started_at: float, timeout: float) -> None:
-        self.kind = kind
-        self.started_at = started_at  # cache clock
-        self.deadline = time.monotonic() + timeout  # real time: timeouts are real
-        self.done = threading.Event()
-        self.finished = False
-        self.abandoned = False
-        self.key: ApiKey | None = None
-        self.error: BaseException | None = None
-        self.async_waiters: list[asyncio.Future[None]] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.rejected: ApiKey | None = None  # a forced fetch after this key was rejected
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-RefreshOutcome = Literal["fetched", "cached", "skipped-interval", "skipped-backoff"]
-_Action = Literal["hit", "hit-start", "lead", "wait", "stale", "raise"]
-
-
 class KeyCache:
     """Caches the key of ``provider`` for ``ttl`` seconds, with one backend call per expiry
     however many threads or tasks ask.
@@ -163,19 +125,28 @@ class KeyCache:
 
     * ``ttl``: lifetime of a fetched key; default ``SCALING_API_KEY_TTL`` or 300.
     * ``jitter``: each lifetime is ``ttl`` scaled by a random factor in ``[1 - jitter, 1]``
-      so that a fleet started together does not refetch together. Default 0.1.
+      so that a fleet does not refetch together. The first lifetime after start (and in a
+      child after ``fork()``) is spread over ``[0.1, 1]`` instead, so that a fleet started
+      together falls out of step within one TTL. Default 0.1; 0 turns both off.
     * ``refresh_ahead``: within this many seconds of expiry, the first caller starts a
       background refresh while everyone is still served the current key. Default
       ``ttl / 10``; at most half of an entry's lifetime.
     * ``max_stale``: when a refetch fails, the last key is served for up to this long past
       its expiry (with a warning and backoff on the backend). Default 900.
-    * ``min_refresh_interval``: at most one forced fetch per this interval. Default 5.
+    * ``min_refresh_interval``: a key rejected again after its forced fetch returned it
+      unchanged, and a refresh that names no key, are refetched at most once per this
+      interval. The first rejection of a key is always refetched at once. Default 5.
     * ``fetch_timeout``: how long (real time) a caller waits for a fetch. Default 30.
     * ``backoff_initial`` / ``backoff_max``: after a failed fetch, the next backend attempt
       waits ``backoff_initial * 2**(n-1)`` seconds, capped at ``backoff_max``, scaled by a
-      random factor in ``[0.5, 1]``. Defaults 1 and 60.
+      random factor in ``[0.5, 1]``. Defaults 1 and 60. The same schedule spaces the
+      re-reads of a source that returned a key the API had rejected.
+    * ``check_interval``: for a provider that can tell a change cheaply
+      (:meth:`Provider.stamp`: a file), how often at most the read path asks it; a change
+      starts a refetch at once. Default 1; 0 asks at every read past the interval's end.
     * ``clock``: a monotonic clock in seconds (inject a fake one in tests).
-    * ``rng``: a :class:`random.Random` for jitter (seed it in tests).
+    * ``rng``: a :class:`random.Random` for jitter and backoff (seed it in tests). Without
+      one, a child process re-seeds its own after ``fork()``.
     """
 
     def __init__(
@@ -190,6 +161,7 @@ class KeyCache:
         fetch_timeout: float | timedelta = 30.0,
         backoff_initial: float | timedelta = 1.0,
         backoff_max: float | timedelta = 60.0,
+        check_interval: float | timedelta = 1.0,
         clock: Callable[[], float] = time.monotonic,
         rng: _random.Random | None = None,
     ) -> None:
@@ -197,35 +169,28 @@ class KeyCache:
             raise ConfigurationError(
                 f"KeyCache needs a scaling_credentials.Provider, got {type(provider).__name__}"
             )
-        self._provider = provider
-        self._ttl = default_ttl() if ttl is None else _seconds(ttl, "ttl", allow_zero=False)
-        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
-            raise ConfigurationError(f"jitter must be a fraction in [0, 1), got {jitter!r}")
-        self._jitter = float(jitter)
-        self._refresh_ahead = (
-            self._ttl / 10 if refresh_ahead is None else _seconds(refresh_ahead, "refresh_ahead")
-        )
-        self._max_stale = _seconds(max_stale, "max_stale")
-        self._min_refresh_interval = _seconds(min_refresh_interval, "min_refresh_interval")
-        self._fetch_timeout = _seconds(fetch_timeout, "fetch_timeout", allow_zero=False)
-        self._backoff_initial = _seconds(backoff_initial, "backoff_initial")
-        self._backoff_max = _seconds(backoff_max, "backoff_max")
         if not callable(clock):
             raise ConfigurationError("clock must be a callable returning seconds")
-        self._clock = clock
-        self._rng = rng if rng is not None else _random.Random()
-
-        self._lock = threading.Lock()
-        self._store: cachetools.TLRUCache[str, _Entry] = cachetools.TLRUCache(
-            maxsize=1, ttu=lambda _k, entry, _now: entry.expires_at, timer=clock
+        self._provider = provider
+        self._policy = Policy.build(
+            ttl=default_ttl() if ttl is None else ttl,
+            jitter=jitter,
+            refresh_ahead=refresh_ahead,
+            max_stale=max_stale,
+            min_refresh_interval=min_refresh_interval,
+            fetch_timeout=fetch_timeout,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            check_interval=check_interval,
         )
-        self._hot: _Entry | None = None  # read without the lock on the hot path
-        self._entry: _Entry | None = None  # last good entry, kept past expiry for stale serves
-        self._flight: _Flight | None = None
-        self._last_forced_at: float | None = None
-        self._failures = 0
-        self._retry_at: float | None = None
-        self._last_error: BaseException | None = None
+        self._clock = clock
+        self._own_rng = rng is None
+        self._state = Schedule(self._policy, rng if rng is not None else _random.Random())
+        self._stamps = type(provider).stamp is not Provider.stamp
+        self._lock = threading.Lock()
+        self._flight: Flight | None = None
+        self._error: BaseException | None = None  # the last backend error, no traceback
+        self._events = Subscribers()
 
         self._hits = 0
         self._fetches = 0
@@ -234,7 +199,7 @@ class KeyCache:
         self._stale_serves = 0
         self._last_fetch_at: datetime | None = None
         self._last_fetch_duration: float | None = None
-        _caches.add(self)
+        after_fork(self, KeyCache._after_fork)
 
     # ------------------------------------------------------------------ public API
 
@@ -246,14 +211,19 @@ class KeyCache:
     @property
     def ttl(self) -> float:
         """The configured TTL in seconds (before jitter)."""
-        return self._ttl
+        return self._policy.ttl
+
+    @property
+    def min_refresh_interval(self) -> float:
+        """The configured ``min_refresh_interval`` in seconds."""
+        return self._policy.min_refresh_interval
 
     def describe(self) -> str:
         """The provider's description (safe to log)."""
         return self._provider.describe()
 
     def __repr__(self) -> str:
-        return f"<KeyCache {self.describe()} ttl={self._ttl}>"
+        return f"<KeyCache {self.describe()} ttl={self._policy.ttl}>"
 
     @property
     def stats(self) -> CacheStats:
@@ -267,88 +237,79 @@ class KeyCache:
                 stale_serves=self._stale_serves,
                 last_fetch_at=self._last_fetch_at,
                 last_fetch_duration=self._last_fetch_duration,
-                consecutive_failures=self._failures,
+                consecutive_failures=self._state.failures,
             )
 
     def peek(self) -> ApiKey | None:
         """The key held now (fresh or not), without fetching; ``None`` when there is none."""
-        entry = self._entry
+        entry = self._state.entry
         return entry.key if entry is not None else None
+
+    def is_rejected(self, key: ApiKey) -> bool:
+        """Whether the API rejected ``key`` (as far as this cache remembers: it keeps the
+        fingerprints of the last 64 keys it was told were rejected, never the keys)."""
+        with self._lock:
+            return self._state.is_rejected(key)
 
     def invalidate(self) -> None:
         """Forget the cached key (and the stale fallback); the next read fetches."""
         with self._lock:
-            self._store.clear()
-            self._hot = None
-            self._entry = None
-            self._failures = 0
-            self._retry_at = None
-            self._last_error = None
+            self._state.forget()
+            self._error = None
 
-    def _fresh(self) -> ApiKey | None:
-        """The key while fresh and outside the refresh-ahead window, else ``None``: the
-        async auth's fast path, which saves an ``await`` per request."""
-        hot = self._hot
-        if hot is not None and self._clock() < hot.refresh_at:
-            self._hits += 1
-            return hot.key
-        return None
+    def subscribe(self, callback: Callable[[CacheEvent], object]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every :class:`CacheEvent` (fetches, key changes,
+        failures, stale serves, rejections, skipped refreshes), outside the cache's lock,
+        from the thread where it happened; keep it fast. A callback that raises is reported
+        once and never breaks a request. Returns the function that unsubscribes it."""
+        return self._events.add(callback)
 
     def get(self) -> ApiKey:
         """The cached key while fresh; one fetch at first use and after expiry, however many
         threads ask at once."""
-        # _fresh() inlined: this is every sync request's path.
-        hot = self._hot
-        if hot is not None and self._clock() < hot.refresh_at:
+        entry = self._state.entry
+        if entry is not None and self._clock() < entry.until:
             self._hits += 1
-            return hot.key
-        with self._lock:
-            action, key, flight = self._plan_get(self._clock())
-        if action == "hit":
-            assert key is not None
-            return key
-        if action == "hit-start":
-            assert key is not None and flight is not None
-            self._start(flight, prefer_async=False)
-            return key
-        if action == "stale":
-            assert key is not None
-            return key
-        if action == "raise":
-            raise self._backoff_error()
-        assert flight is not None
-        if action == "lead":
-            self._start(flight, prefer_async=False)
-        return self._wait_sync(flight, stale_ok=True)
+            return entry.key
+        for _ in range(_MAX_ROUNDS):
+            action, flight = self._decide(self._state.on_read, read=True)
+            key = self._carry_out(action, flight)
+            if key is not None:
+                return key
+        return self._last_resort()
 
     async def aget(self) -> ApiKey:
         """Like :meth:`get`, for asyncio: never blocks the event loop."""
-        fresh = self._fresh()
-        if fresh is not None:
-            return fresh
-        with self._lock:
-            action, key, flight = self._plan_get(self._clock())
-        if action in ("hit", "stale"):
-            assert key is not None
-            return key
-        if action == "hit-start":
-            assert key is not None and flight is not None
-            self._start(flight, prefer_async=True)
-            return key
-        if action == "raise":
-            raise self._backoff_error()
-        assert flight is not None
-        if action == "lead":
-            self._start(flight, prefer_async=True)
-        return await self._wait_async(flight, stale_ok=True)
+        entry = self._state.entry
+        if entry is not None and self._clock() < entry.until:
+            self._hits += 1
+            return entry.key
+        for _ in range(_MAX_ROUNDS):
+            action, flight = self._decide(self._state.on_read, read=True)
+            key = await self._acarry_out(action, flight)
+            if key is not None:
+                return key
+        return self._last_resort()
+
+    def _fresh(self) -> ApiKey | None:
+        """The key while nothing needs doing about it, else ``None``: the async auth's
+        fast path, which saves an ``await`` per request."""
+        entry = self._state.entry
+        if entry is not None and self._clock() < entry.until:
+            self._hits += 1
+            return entry.key
+        return None
 
     def refresh(self, rejected: ApiKey | None = None) -> ApiKey:
-        """Fetch anew, bypassing the TTL.
+        """Fetch anew, bypassing the TTL, after the API rejected ``rejected``.
 
-        If ``rejected`` is given and the cache already holds a different key, that key is
-        returned with no fetch. Concurrent refreshes share one fetch; forced fetches happen
-        at most once per ``min_refresh_interval`` and not while the backend is in backoff
-        (then the current key is returned, as long as it is within its stale window).
+        If the cache already holds a different key that the API has not rejected, that key
+        is returned with no fetch. Concurrent refreshes share one fetch. The first
+        rejection of a key is refetched at once; a key rejected again after its forced
+        fetch returned it unchanged, and a refresh that names no key, at most once per
+        ``min_refresh_interval``, and not while the backend is in backoff (then the current
+        key is returned, as long as it is within its stale window). A failing forced fetch
+        raises.
         """
         return self._refresh(rejected)[0]
 
@@ -357,182 +318,138 @@ class KeyCache:
         return (await self._arefresh(rejected))[0]
 
     def _refresh(self, rejected: ApiKey | None) -> tuple[ApiKey, RefreshOutcome]:
-        """:meth:`refresh`, also saying whether the source was asked (for the auth's logs)."""
-        with self._lock:
-            action, key, flight, outcome = self._plan_refresh(self._clock(), rejected)
-        if action in ("hit", "stale"):
-            assert key is not None
-            return key, outcome
-        if action == "raise":
-            raise self._backoff_error()
-        assert flight is not None
-        if action == "lead":
-            if flight.kind == "forced":
-                flight.rejected = rejected
-            self._start(flight, prefer_async=False)
-        return self._wait_sync(flight, stale_ok=flight.kind != "forced"), outcome
+        """:meth:`refresh`, also saying whether the source was asked (for the auths)."""
+        self._note_rejected(rejected)
+        for _ in range(_MAX_ROUNDS):
+            action, flight = self._decide(lambda now: self._state.on_refresh(now, rejected))
+            if isinstance(action, Serve):
+                return self._after_refresh(action.key, action.outcome, rejected)
+            key = self._carry_out(action, flight)
+            if key is not None and not (isinstance(action, Join) and action.replan):
+                return self._after_refresh(key, "fetched", rejected)
+        return self._after_refresh(self._last_resort(), "cached", rejected)
 
     async def _arefresh(self, rejected: ApiKey | None) -> tuple[ApiKey, RefreshOutcome]:
+        self._note_rejected(rejected)
+        for _ in range(_MAX_ROUNDS):
+            action, flight = self._decide(lambda now: self._state.on_refresh(now, rejected))
+            if isinstance(action, Serve):
+                return self._after_refresh(action.key, action.outcome, rejected)
+            key = await self._acarry_out(action, flight)
+            if key is not None and not (isinstance(action, Join) and action.replan):
+                return self._after_refresh(key, "fetched", rejected)
+        return self._after_refresh(self._last_resort(), "cached", rejected)
+
+    # ------------------------------------------------------------------ deciding
+
+    def _decide(
+        self, ask: Callable[[float], Action], *, read: bool = False
+    ) -> tuple[Action, Flight | None]:
+        """Ask the schedule under the lock; start the bookkeeping of a new fetch. ``read``:
+        a read (served keys count as hits)."""
+        events: list[CacheEvent] = []
         with self._lock:
-            action, key, flight, outcome = self._plan_refresh(self._clock(), rejected)
-        if action in ("hit", "stale"):
-            assert key is not None
-            return key, outcome
-        if action == "raise":
-            raise self._backoff_error()
-        assert flight is not None
-        if action == "lead":
-            if flight.kind == "forced":
-                flight.rejected = rejected
-            self._start(flight, prefer_async=True)
-        return await self._wait_async(flight, stale_ok=flight.kind != "forced"), outcome
+            now = self._clock()
+            self._drop_dead_flight(now, events)
+            action = ask(now)
+            flight = self._begin(action, now)
+            if isinstance(action, Serve) and action.stale:
+                self._stale_serves += 1
+                events.append(self._event("stale_served", action.key))
+            elif isinstance(action, Serve) and action.outcome.startswith("skipped"):
+                trigger = "interval" if action.outcome == "skipped-interval" else "backoff"
+                events.append(self._event("refresh_skipped", action.key, trigger=trigger))
+            elif read and isinstance(action, Serve | Refresh | Check):
+                self._hits += 1
+        self._events.deliver(events)
+        return action, flight
 
-    # ------------------------------------------------------------------ decisions
-    # Both return (action, key, flight); "lead" means the caller starts the new flight,
-    # then waits for it like everyone else.
-
-    def _plan_get(self, now: float) -> tuple[_Action, ApiKey | None, _Flight | None]:
-        self._drop_hung_flight()
-        fresh = self._store.get(_KEY)
-        flight = self._flight
-        if fresh is not None:
-            self._hits += 1
-            if now >= fresh.refresh_at and flight is None and not self._in_backoff(now):
-                return "hit-start", fresh.key, self._new_flight(now, "refresh-ahead")
-            return "hit", fresh.key, None
-        if flight is not None:
-            return "wait", None, flight
-        if self._in_backoff(now):
-            stale = self._stale_key(now)
-            if stale is not None:
-                return "stale", stale, None
-            return "raise", None, None
-        flight = self._new_flight(now, "ttl")
-        return "lead", None, flight
-
-    def _plan_refresh(
-        self, now: float, rejected: ApiKey | None
-    ) -> tuple[_Action, ApiKey | None, _Flight | None, RefreshOutcome]:
-        entry = self._entry
-        # Past its stale window the held key is as good as none: never hand it out.
-        dead = entry is not None and now > entry.expires_at + self._max_stale
-        if rejected is not None and entry is not None and not dead and entry.key != rejected:
-            return "hit", entry.key, None, "cached"
-        self._drop_hung_flight()
-        flight = self._flight
-        if flight is not None:
-            return "wait", None, flight, "fetched"
-        if entry is None:
-            return (*self._plan_get(now), "fetched")
-        recently = self._last_forced_at is not None and (
-            now - self._last_forced_at < self._min_refresh_interval
-        )
-        backoff = self._in_backoff(now)
-        if dead and (recently or backoff):
-            return (*self._plan_get(now), "fetched")  # raises in backoff
-        if recently or backoff:
-            outcome: RefreshOutcome = "skipped-interval" if recently else "skipped-backoff"
-            logger.info(
-                "forced refresh of %s skipped (%s); keeping %s",
-                self.describe(),
-                "within min_refresh_interval" if recently else "backend in backoff",
-                entry.key.masked,
-            )
-            return "hit", entry.key, None, outcome
-        self._last_forced_at = now
-        return "lead", None, self._new_flight(now, "forced"), "fetched"
-
-    # ------------------------------------------------------------------ state helpers (lock held)
-
-    def _new_flight(self, now: float, kind: FlightKind) -> _Flight:
-        flight = _Flight(kind, now, self._fetch_timeout)
+    def _begin(self, action: Action, now: float) -> Flight | None:
+        if isinstance(action, Join):
+            return self._flight
+        if not isinstance(action, Fetch | Refresh):
+            return None
+        rejected = action.rejected if isinstance(action, Fetch) else None
+        flight = Flight(action.kind, now, self._policy.fetch_timeout, rejected)
         self._flight = flight
+        self._state.started(now, action.kind, rejected)
         self._fetches += 1
-        if kind == "forced":
+        if action.kind == "forced":
             self._forced_fetches += 1
         return flight
 
-    def _drop_hung_flight(self) -> None:
+    def _drop_dead_flight(self, now: float, events: list[CacheEvent]) -> None:
         flight = self._flight
-        if flight is not None and time.monotonic() >= flight.deadline:
-            self._abandon(flight)
-
-    def _abandon(self, flight: _Flight) -> None:
-        # A fetch past its deadline counts as a failure; its late result is still used.
-        if self._flight is flight:
-            self._flight = None
-        if flight.abandoned or flight.finished:
+        if flight is None:
             return
-        flight.abandoned = True
-        self._errors += 1
-        now = self._clock()
-        self._record_failure(
-            now,
-            ProviderTimeoutError(
-                f"fetching the key from {self.describe()} did not finish within "
-                f"{self._fetch_timeout:g} s (fetch_timeout); the backend may be hung or "
-                "unreachable",
-                provider=self.describe(),
-            ),
-        )
-        entry = self._entry
-        # Logged under the lock: rare, and the record must not race the next attempt's.
-        logger.warning(
-            "fetching the key from %s did not finish within %g s (fetch_timeout), attempt "
-            "%d; %s; next backend attempt in %.3g s",
-            self.describe(),
-            self._fetch_timeout,
-            self._failures,
-            f"keeping {entry.key.masked} while within max_stale"
-            if entry is not None
-            else "no key to fall back on",
-            max(0.0, (self._retry_at or now) - now),
-        )
+        if time.monotonic() >= flight.deadline:
+            self._abandon(flight, now, events)
+        elif not flight.can_finish():
+            self._orphan_locked(flight)
 
-    def _in_backoff(self, now: float) -> bool:
-        return self._retry_at is not None and now < self._retry_at
+    # ------------------------------------------------------------------ carrying out
 
-    def _stale_key(self, now: float) -> ApiKey | None:
-        entry = self._entry
-        if entry is not None and now <= entry.expires_at + self._max_stale:
-            self._stale_serves += 1
-            return entry.key
-        return None
+    def _carry_out(self, action: Action, flight: Flight | None) -> ApiKey | None:
+        """Do what the schedule said (sync); ``None`` means: decide again."""
+        if isinstance(action, Serve):
+            return action.key
+        if isinstance(action, Fail):
+            raise self._error_for_caller()
+        if isinstance(action, Check):
+            return self._check(action, prefer_async=False)
+        assert flight is not None
+        if isinstance(action, Refresh):
+            self._launch(flight, prefer_async=False)
+            return action.key
+        if isinstance(action, Fetch):
+            self._launch(flight, prefer_async=False)
+            return self._wait(flight, stale_ok=action.kind != "forced")
+        return self._wait(flight, stale_ok=action.stale_ok)
 
-    def _record_failure(self, now: float, error: BaseException) -> None:
-        self._failures += 1
-        step = min(self._backoff_max, self._backoff_initial * 2 ** min(self._failures - 1, 30))
-        delay = step * self._rng.uniform(0.5, 1.0)
-        self._retry_at = now + delay
-        self._last_error = error
+    async def _acarry_out(self, action: Action, flight: Flight | None) -> ApiKey | None:
+        """Do what the schedule said (asyncio); ``None`` means: decide again."""
+        if isinstance(action, Serve):
+            return action.key
+        if isinstance(action, Fail):
+            raise self._error_for_caller()
+        if isinstance(action, Check):
+            return self._check(action, prefer_async=True)
+        assert flight is not None
+        if isinstance(action, Refresh):
+            self._launch(flight, prefer_async=True)
+            return action.key
+        if isinstance(action, Fetch):
+            self._launch(flight, prefer_async=True)
+            return await self._await(flight, stale_ok=action.kind != "forced")
+        return await self._await(flight, stale_ok=action.stale_ok)
 
-    def _store_entry(self, key: ApiKey, now: float) -> _Entry:
-        lifetime = self._ttl * self._rng.uniform(1.0 - self._jitter, 1.0)
-        ahead = min(self._refresh_ahead, lifetime / 2)
-        entry = _Entry(key, now, now + lifetime, now + lifetime - ahead)
-        self._store[_KEY] = entry
-        self._entry = entry
-        self._hot = entry
-        self._failures = 0
-        self._retry_at = None
-        self._last_error = None
-        return entry
+    def _check(self, action: Check, *, prefer_async: bool) -> ApiKey:
+        """Ask the provider whether the source changed; refetch in the background if so."""
+        seen = self._take_stamp()
+        follow, flight = self._decide(lambda now: self._state.on_stamp(now, seen, action.stamp))
+        if isinstance(follow, Refresh) and flight is not None:
+            self._launch(flight, prefer_async=prefer_async)
+        return action.key
 
-    def _backoff_error(self) -> BaseException:
+    def _take_stamp(self) -> Hashable | None:
+        if not self._stamps:
+            return None
+        try:
+            return self._provider.stamp()
+        except Exception:  # a stamp is a hint: without one, the TTL still holds
+            return None
+
+    def _last_resort(self) -> ApiKey:
         with self._lock:
-            error = self._last_error
-        if error is None:  # pragma: no cover - defensive
-            error = ProviderError(f"{self.describe()} is failing", provider=self.describe())
-        return error
+            key = self._state.usable(self._clock())
+        if key is None:
+            raise self._error_for_caller()
+        return key
 
     # ------------------------------------------------------------------ running a fetch
 
-    def _start(self, flight: _Flight, *, prefer_async: bool) -> None:
-        cls = type(self._provider)
-        native = cls.afetch is not Provider.afetch or (
-            flight.rejected is not None and cls.arefetch is not Provider.arefetch
-        )
-        if prefer_async and native:
+    def _launch(self, flight: Flight, *, prefer_async: bool) -> None:
+        if prefer_async and self._provider._native_async(forced=flight.rejected is not None):
             import asyncio
 
             # A native async provider: run it as a task on the caller's loop.
@@ -540,14 +457,12 @@ class KeyCache:
             flight.loop = loop
             flight.task = loop.create_task(self._run_async(flight))
             return
-        thread = threading.Thread(
-            target=self._run_sync, args=(flight,), name="scaling-credentials-fetch", daemon=True
-        )
-        thread.start()
+        start_thread(lambda: self._run_sync(flight))
 
-    def _run_sync(self, flight: _Flight) -> None:
+    def _run_sync(self, flight: Flight) -> None:
         started = time.perf_counter()
         try:
+            flight.stamp = self._take_stamp()
             rejected = flight.rejected
             key = self._provider.fetch() if rejected is None else self._provider.refetch(rejected)
         except BaseException as exc:
@@ -555,19 +470,27 @@ class KeyCache:
         else:
             self._complete(flight, key, None, started)
 
-    async def _run_async(self, flight: _Flight) -> None:
+    async def _run_async(self, flight: Flight) -> None:
+        import asyncio
+
         started = time.perf_counter()
         try:
+            flight.stamp = self._take_stamp()
             rejected = flight.rejected
             provider = self._provider
             key = await (provider.afetch() if rejected is None else provider.arefetch(rejected))
+        except asyncio.CancelledError:
+            # The loop this task runs on is shutting down (or someone cancelled the task):
+            # no backend failure. Whoever waits asks the cache again.
+            self._orphan(flight)
+            raise
         except BaseException as exc:
             self._complete(flight, None, exc, started)
         else:
             self._complete(flight, key, None, started)
 
     def _complete(
-        self, flight: _Flight, key: object, error: BaseException | None, started: float
+        self, flight: Flight, key: object, error: BaseException | None, started: float
     ) -> None:
         duration = time.perf_counter() - started
         if error is None and not isinstance(key, ApiKey):
@@ -576,93 +499,323 @@ class KeyCache:
                 provider=self.describe(),
             )
         if error is not None:
-            error = self._wrap(error)
+            error = self._keepable(error)
+        events: list[CacheEvent] = []
         now = self._clock()
-        previous: ApiKey | None = None
-        stale_for: float | None = None
         with self._lock:
             if self._flight is flight:
                 self._flight = None
-            previous = self._entry.key if self._entry is not None else None
+                self._state.ended()
+            previous = self.peek()
+            outcome: Outcome
             if error is None:
                 assert isinstance(key, ApiKey)
-                self._store_entry(key, now)
+                if flight.stamp is not None:
+                    self._state.checks = True
+                outcome = self._state.succeeded(now, key, flight.rejected, flight.stamp)
                 self._last_fetch_at = datetime.now(timezone.utc)
                 self._last_fetch_duration = duration
+                flight.key = outcome.held if isinstance(outcome, Kept) else key
+                events.append(self._event("fetched", key, duration=duration, trigger=flight.kind))
+                if isinstance(outcome, Stored) and previous is not None and previous != key:
+                    events.append(self._event("key_changed", key, trigger=flight.kind))
             else:
-                self._errors += not flight.abandoned
-                if not flight.abandoned:
-                    self._record_failure(now, error)
-                if self._entry is not None:
-                    stale_for = now - self._entry.expires_at
-            flight.key = key if error is None else None  # type: ignore[assignment]
-            flight.error = error
+                counted = not flight.abandoned
+                if counted:
+                    self._errors += 1
+                    self._error = error
+                outcome = self._state.failed(now, flight.rejected, count=counted)
+                flight.error = error
+                events.append(
+                    self._event(
+                        "fetch_failed",
+                        None,
+                        duration=duration,
+                        error=type(error).__name__,
+                        trigger=flight.kind,
+                    )
+                )
+            flight.duration = duration
             flight.finished = True
-            waiters, flight.async_waiters = flight.async_waiters, []
-            failures, retry_at = self._failures, self._retry_at
-        # Log before waking anyone, so that the record precedes whatever the callers do
-        # next (and attempt numbers appear in order).
-        self._log_outcome(flight, previous, error, duration, failures, retry_at, now, stale_for)
-        flight.done.set()
-        for waiter in waiters:
-            try:
-                waiter.get_loop().call_soon_threadsafe(_wake, waiter)
-            except RuntimeError:  # that waiter's loop is closed: nobody is waiting there
-                pass
+        # Log and publish before waking anyone, so that the record precedes whatever the
+        # callers do next (and attempt numbers appear in order).
+        self._log_outcome(flight, outcome, previous, error, duration)
+        self._events.deliver(events)
+        flight.wake()
 
-    def _wrap(self, error: BaseException) -> BaseException:
-        if isinstance(error, ScalingCredentialsError):
-            return error
-        name = type(error).__name__
-        wrapped = ProviderError(
-            f"fetching the key from {self.describe()} failed with {name}", provider=self.describe()
+    def _keepable(self, error: BaseException) -> BaseException:
+        """The error as the cache keeps it: a library error (a provider's own exception is
+        wrapped, chained), with every traceback in its chain dropped, so that it pins no
+        frame (nor the request or secret a frame may hold) however long it is kept."""
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "fetch from %s failed", self.describe(), exc_info=(type(error), error, None)
+            )
+        if not isinstance(error, ScalingCredentialsError):
+            wrapped = ProviderError(
+                f"fetching the key from {self.describe()} failed with {type(error).__name__}",
+                provider=self.describe(),
+            )
+            wrapped.__cause__ = error
+            error = wrapped
+        seen: set[int] = set()
+        link: BaseException | None = error
+        while link is not None and id(link) not in seen:
+            seen.add(id(link))
+            link.__traceback__ = None
+            link = link.__cause__ or link.__context__
+        return error
+
+    def _error_for_caller(self) -> BaseException:
+        """A new exception for this caller, a copy of the kept one chained to the same
+        (traceback-free) causes: one shared instance raised to many callers would grow its
+        traceback with every raise, pin their frames, and race across threads."""
+        with self._lock:
+            kept = self._error
+        if kept is None:  # pragma: no cover - defensive
+            return ProviderError(f"{self.describe()} is failing", provider=self.describe())
+        try:
+            error = copy.copy(kept)
+        except Exception:
+            error = ProviderError(str(kept), provider=self.describe())
+        error.__cause__ = kept.__cause__
+        error.__context__ = kept.__context__
+        error.__suppress_context__ = kept.__suppress_context__
+        return error
+
+    def _orphan(self, flight: Flight) -> None:
+        with self._lock:
+            self._orphan_locked(flight)
+        flight.wake()
+
+    def _orphan_locked(self, flight: Flight) -> None:
+        flight.orphaned = True
+        if self._flight is flight:
+            self._flight = None
+            self._state.ended()
+        if flight.rejected is not None and not flight.finished:
+            record = self._state.rejection(flight.rejected)
+            if record is not None:
+                record.verdict = Verdict.NEW  # it never reached the source: it earns one
+
+    def _abandon(self, flight: Flight, now: float, events: list[CacheEvent]) -> None:
+        """A fetch past its deadline counts as failed (lock held); its late result is still
+        used when it comes."""
+        if self._flight is flight:
+            self._flight = None
+            self._state.ended()
+        if flight.abandoned or flight.finished:
+            return
+        flight.abandoned = True
+        self._errors += 1
+        self._error = ProviderTimeoutError(
+            f"fetching the key from {self.describe()} did not finish within "
+            f"{self._policy.fetch_timeout:g} s (fetch_timeout); the backend may be hung or "
+            "unreachable",
+            provider=self.describe(),
         )
-        wrapped.__cause__ = error
-        return wrapped
+        failed = self._state.failed(now, flight.rejected)
+        events.append(
+            self._event("fetch_failed", None, error="ProviderTimeoutError", trigger=flight.kind)
+        )
+        # Logged under the lock: rare, and the record must not race the next attempt's.
+        logger.warning(
+            "fetching the key from %s did not finish within %g s (fetch_timeout), attempt "
+            "%d; %s; next backend attempt in %.3g s",
+            self.describe(),
+            self._policy.fetch_timeout,
+            failed.attempt,
+            f"keeping {failed.fallback.masked} while within max_stale"
+            if failed.fallback is not None
+            else "no key to fall back on",
+            failed.retry_in,
+            extra=FETCH_FAILED,
+        )
+
+    # ------------------------------------------------------------------ waiting
+
+    def _wait(self, flight: Flight, *, stale_ok: bool) -> ApiKey | None:
+        if flight.loop is not None and running_loop() is flight.loop:
+            # This thread runs the loop the fetch task needs: waiting here would deadlock
+            # it. Fetch on our own instead (a sync call made from inside async code).
+            return self._fetch_inline(stale_ok)
+        if not flight.wait():
+            return self._gave_up(flight, stale_ok)
+        return self._result(flight, stale_ok)
+
+    async def _await(self, flight: Flight, *, stale_ok: bool) -> ApiKey | None:
+        if not await flight.await_end():
+            return self._gave_up(flight, stale_ok)
+        return self._result(flight, stale_ok)
+
+    def _fetch_inline(self, stale_ok: bool) -> ApiKey | None:
+        with self._lock:
+            flight = Flight("ttl", self._clock(), self._policy.fetch_timeout)
+            self._fetches += 1
+        self._launch(flight, prefer_async=False)
+        return self._wait(flight, stale_ok=stale_ok)
+
+    def _gave_up(self, flight: Flight, stale_ok: bool) -> ApiKey | None:
+        """The flight did not end in time (or can no longer end)."""
+        events: list[CacheEvent] = []
+        with self._lock:
+            if flight.finished or flight.orphaned:
+                pass
+            elif not flight.can_finish():
+                self._orphan_locked(flight)
+            else:
+                self._abandon(flight, self._clock(), events)
+        self._events.deliver(events)
+        if flight.orphaned:
+            return None  # decide again
+        if flight.finished:
+            return self._result(flight, stale_ok)
+        if stale_ok:
+            stale = self._stale()
+            if stale is not None:
+                return stale
+        raise self._error_for_caller()
+
+    def _result(self, flight: Flight, stale_ok: bool) -> ApiKey | None:
+        if flight.orphaned and not flight.finished:
+            return None
+        if flight.key is not None:
+            return flight.key
+        if stale_ok:
+            stale = self._stale()
+            if stale is not None:
+                return stale
+        raise self._error_for_caller()
+
+    def _stale(self) -> ApiKey | None:
+        with self._lock:
+            key = self._state.usable(self._clock())
+            if key is not None:
+                self._stale_serves += 1
+        if key is not None:
+            self._events.deliver([self._event("stale_served", key)])
+        return key
+
+    # ------------------------------------------------------------------ rejections
+
+    def _note_rejected(self, rejected: ApiKey | None) -> None:
+        if rejected is not None and self._events:
+            self._events.deliver([self._event("rejected", rejected)])
+
+    def _after_refresh(
+        self, key: ApiKey, outcome: RefreshOutcome, rejected: ApiKey | None
+    ) -> tuple[ApiKey, RefreshOutcome]:
+        if rejected is None:
+            return key, outcome
+        if key == rejected:
+            self._warn_stuck(rejected, outcome)
+            return key, outcome
+        if outcome == "fetched" and self.is_rejected(key):
+            return key, "rejected"  # the source holds only keys the API rejected
+        return key, outcome
+
+    def _warn_stuck(self, key: ApiKey, outcome: RefreshOutcome) -> None:
+        """One WARNING per stuck key per minute, naming the likely cause; the rest at
+        DEBUG, counted in the next warning."""
+        with self._lock:
+            suppressed = self._state.note_stuck(self._clock(), key, STUCK_WARNING_EVERY)
+        if outcome == "skipped-backoff":
+            cause = f"{self.describe()} is failing and resting (backoff)"
+        else:
+            cause = self._provider.explain_stuck(key)
+            if outcome == "skipped-interval":
+                cause += (
+                    f"; it is asked again at most every {self._policy.min_refresh_interval:g} "
+                    "s (min_refresh_interval)"
+                )
+        if suppressed is None:
+            logger.debug("Scaling API rejected key %s again: %s", key.masked, cause)
+            return
+        logger.warning(
+            "Scaling API rejected key %s and %s; requests fail until the source holds a valid "
+            "key%s",
+            key.masked,
+            cause,
+            f" ({suppressed} more rejections of this key since the last warning)"
+            if suppressed
+            else "",
+        )
+
+    # ------------------------------------------------------------------ logging and events
+
+    def _event(
+        self,
+        kind: str,
+        key: ApiKey | None,
+        *,
+        duration: float | None = None,
+        error: str | None = None,
+        trigger: str | None = None,
+    ) -> CacheEvent:
+        return CacheEvent(
+            kind,  # type: ignore[arg-type]
+            self.describe(),
+            key.masked if key is not None else None,
+            key.version if key is not None else None,
+            duration,
+            error,
+            trigger,
+        )
 
     def _log_outcome(
         self,
-        flight: _Flight,
+        flight: Flight,
+        outcome: Outcome,
         previous: ApiKey | None,
         error: BaseException | None,
         duration: float,
-        failures: int,
-        retry_at: float | None,
-        now: float,
-        stale_for: float | None,
     ) -> None:
-        if error is None:
-            assert flight.key is not None
-            if previous is not None and previous != flight.key:
+        if isinstance(outcome, Kept):
+            log = logger.warning if outcome.first_time else logger.debug
+            log(
+                "%s returned %s, a key the Scaling API rejected before (a cache or replica "
+                "behind the source that has not caught up?); keeping %s and asking again in "
+                "%.3g s",
+                self.describe(),
+                outcome.refused.masked,
+                outcome.held.masked,
+                outcome.retry_in,
+            )
+            return
+        if isinstance(outcome, Stored):
+            if previous is not None and previous != outcome.key:
                 logger.info(
                     "key from %s changed: %s -> %s (%s fetch, %.1f ms)",
                     self.describe(),
                     previous.masked,
-                    flight.key.masked,
+                    outcome.key.masked,
                     flight.kind,
                     duration * 1000,
                 )
             else:
                 logger.info(
                     "fetched key %s from %s (%s fetch, %.1f ms)",
-                    flight.key.masked,
+                    outcome.key.masked,
                     self.describe(),
                     flight.kind,
                     duration * 1000,
                 )
             return
-        wait = max(0.0, (retry_at or now) - now)
-        if stale_for is not None and previous is not None:
-            usable = self._max_stale - stale_for  # stale_for < 0 while still fresh
+        assert isinstance(outcome, Failed) and error is not None
+        if flight.abandoned:
+            return  # reported when it was abandoned
+        if outcome.fallback is not None and outcome.stale_for is not None:
+            usable = self._policy.max_stale - outcome.stale_for  # negative stale_for: fresh
             logger.warning(
                 "fetching the key from %s failed (%s), attempt %d; keeping %s for up to %.0f s "
                 "more (max_stale), next backend attempt in %.3g s",
                 self.describe(),
                 type(error).__name__,
-                failures,
-                previous.masked,
+                outcome.attempt,
+                outcome.fallback.masked,
                 max(0.0, usable),
-                wait,
+                outcome.retry_in,
+                extra=FETCH_FAILED,
             )
         else:
             logger.warning(
@@ -670,101 +823,21 @@ class KeyCache:
                 "next backend attempt in %.3g s",
                 self.describe(),
                 type(error).__name__,
-                failures,
-                wait,
+                outcome.attempt,
+                outcome.retry_in,
+                extra=FETCH_FAILED,
             )
 
-    # ------------------------------------------------------------------ waiting
+    # ------------------------------------------------------------------ fork
 
-    def _outcome(self, flight: _Flight, stale_ok: bool) -> ApiKey:
-        if flight.error is None and flight.key is not None:
-            return flight.key
-        error = flight.error
-        if stale_ok:
-            with self._lock:
-                stale = self._stale_key(self._clock())
-            if stale is not None:
-                return stale
-        assert error is not None
-        raise error
-
-    def _timed_out(self, flight: _Flight, stale_ok: bool) -> ApiKey:
-        with self._lock:
-            self._abandon(flight)
-            if flight.finished:  # finished in the meantime
-                pass
-            elif stale_ok:
-                stale = self._stale_key(self._clock())
-                if stale is not None:
-                    return stale
-            error = self._last_error
-        if flight.finished:
-            return self._outcome(flight, stale_ok)
-        assert error is not None
-        raise error
-
-    def _wait_sync(self, flight: _Flight, *, stale_ok: bool) -> ApiKey:
-        if flight.loop is not None and _running_loop() is flight.loop:
-            # This thread runs the loop the fetch task needs: waiting here would deadlock
-            # it. Fetch on our own instead (a sync call made from inside async code).
-            return self._fetch_inline(stale_ok)
-        remaining = flight.deadline - time.monotonic()
-        if not flight.done.wait(max(0.0, remaining)):
-            return self._timed_out(flight, stale_ok)
-        return self._outcome(flight, stale_ok)
-
-    def _fetch_inline(self, stale_ok: bool) -> ApiKey:
-        with self._lock:
-            flight = _Flight("ttl", self._clock(), self._fetch_timeout)
-            self._fetches += 1
-        self._start(flight, prefer_async=False)
-        return self._wait_sync(flight, stale_ok=stale_ok)
-
-    async def _wait_async(self, flight: _Flight, *, stale_ok: bool) -> ApiKey:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if flight.finished:
-                waiter = None
-            else:
-                waiter = loop.create_future()
-                flight.async_waiters.append(waiter)
-        if waiter is not None:
-            remaining = max(0.0, flight.deadline - time.monotonic())
-            try:
-                # Only our own future is cancelled on timeout or cancellation; the fetch
-                # goes on for everyone else.
-                await asyncio.wait_for(waiter, remaining)
-            except asyncio.TimeoutError:
-                return self._timed_out(flight, stale_ok)
-        return self._outcome(flight, stale_ok)
-
-
-_caches: weakref.WeakSet[KeyCache] = weakref.WeakSet()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    import sys
-
-    if "asyncio" not in sys.modules:  # no loop can be running without asyncio
-        return None
-    import asyncio
-
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _after_fork_in_child() -> None:
-    # Threads and tasks do not survive fork: a lock held by a fetch thread in the parent
-    # would be held forever in the child, and its flight would never finish. Keep the
-    # warmed key, start clean otherwise.
-    for cache in list(_caches):
-        cache._lock = threading.Lock()
-        cache._flight = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    def _after_fork(self) -> None:
+        # Threads and tasks do not survive fork: a lock held by a fetch thread in the
+        # parent would be held forever in the child, and its flight would never finish.
+        # Keep the warmed key; draw new randomness (unless injected) and spread the next
+        # lifetime widely, so that pre-fork workers do not refetch in step.
+        self._lock = threading.Lock()
+        self._flight = None
+        self._state.ended()
+        if self._own_rng:
+            self._state.rng = _random.Random()
+        self._state.first = True

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import os
 from typing import Any, NoReturn
 
 from ._errors import InvalidKeyFormatError
@@ -15,6 +17,9 @@ MAX_KEY_LENGTH = 4096
 # Tokens shorter than this are masked completely: showing four characters of a short
 # token would give away too much of it.
 _MIN_TOKEN_FOR_SUFFIX = 12
+# Fingerprints are keyed per process: they identify a key within this process (the cache
+# remembers rejected keys by fingerprint) and mean nothing anywhere else.
+_FINGERPRINT_KEY = os.urandom(32)
 
 
 def mask(value: str) -> str:
@@ -88,10 +93,11 @@ class ApiKey:
     value itself.
     """
 
-    __slots__ = ("_masked", "_value", "source", "version")
+    __slots__ = ("_fingerprint", "_masked", "_value", "source", "version")
 
     _value: str
     _masked: str
+    _fingerprint: str | None
     source: str | None
     version: str | None
 
@@ -101,6 +107,7 @@ class ApiKey:
         clean = _validate(value)
         object.__setattr__(self, "_value", clean)
         object.__setattr__(self, "_masked", mask(clean))
+        object.__setattr__(self, "_fingerprint", None)
         object.__setattr__(self, "source", source)
         object.__setattr__(self, "version", version)
 
@@ -112,6 +119,17 @@ class ApiKey:
     def masked(self) -> str:
         """The prefix and at most the last four characters, safe to log."""
         return self._masked
+
+    @property
+    def fingerprint(self) -> str:
+        """A keyed hash of the value (32 hex digits), stable within this process only:
+        what to remember a key by without keeping the key."""
+        found = self._fingerprint
+        if found is None:
+            digest = hashlib.blake2b(self._value.encode(), key=_FINGERPRINT_KEY, digest_size=16)
+            found = digest.hexdigest()
+            object.__setattr__(self, "_fingerprint", found)
+        return found
 
     def __str__(self) -> str:
         return self._masked

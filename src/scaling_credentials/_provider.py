@@ -51,14 +51,23 @@ class Provider(abc.ABC):
         return self.fetch()
 
     async def arefetch(self, rejected: ApiKey) -> ApiKey:
-        """:meth:`refetch` without blocking the event loop. The default is :meth:`afetch`,
-        or :meth:`refetch` in a worker thread when only that is overridden."""
-        cls = type(self)
-        if cls.refetch is not Provider.refetch and cls.afetch is Provider.afetch:
+        """:meth:`refetch` without blocking the event loop. The default runs
+        :meth:`refetch` in a worker thread when it is overridden, else :meth:`afetch`."""
+        if type(self).refetch is not Provider.refetch:
             import asyncio
 
             return await asyncio.to_thread(self.refetch, rejected)
         return await self.afetch()
+
+    @classmethod
+    def _native_async(cls, *, forced: bool) -> bool:
+        """Whether the (forced) fetch has a native async implementation to run on the
+        caller's event loop, rather than the sync one in a thread."""
+        if forced and cls.arefetch is not Provider.arefetch:
+            return True
+        if forced and cls.refetch is not Provider.refetch:
+            return False
+        return cls.afetch is not Provider.afetch
 
     def stamp(self) -> Hashable | None:
         """A cheap, local marker of the source's current state, or ``None`` when the
@@ -77,7 +86,7 @@ class Provider(abc.ABC):
         forced fetch returned it again, and what to do: a sentence for the warning that
         says so (no secret in it)."""
         return (
-            f"{self.describe()} still returns it; put the new key in the source "
+            f"{self.describe()} still holds it; put the new key in the source "
             "(rotate it there) before revoking the old one"
         )
 

@@ -37,6 +37,8 @@ KEY_PATTERN: Final = re.compile(r"""scl(?:_|%5[Ff])live(?:_|%5[Ff])[^\s"'`\\<>]+
 KEY_PATTERN_PREFIX: Final = re.compile(r"scl(?:_|%5[Ff])live(?:_|%5[Ff])")
 # What mask() produces starts so: left as it is, so that masking twice changes nothing.
 _MASKED: Final = KEY_PREFIX + "****"
+# A placeholder in prose ("scl_live_...)," in a message that says what a key looks like).
+_PLACEHOLDER: Final = re.compile(r"scl_live_[.*]+[)\],;:!?]*")
 # Other credentials that travel near the key: Vault and OpenBao tokens (hvs./hvb./hvr.
 # service, batch and recovery tokens; s./b./r. legacy ones).
 _OTHER_SECRETS: Final = (re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_-]{16,}"),)
@@ -84,7 +86,7 @@ def redact_text(text: str) -> str:
 
 def _mask_match(match: re.Match[str]) -> str:
     found = match.group(0)
-    if found.startswith(_MASKED):
+    if found.startswith(_MASKED) or _PLACEHOLDER.fullmatch(found):
         return found
     return mask(KEY_PREFIX + KEY_PATTERN_PREFIX.sub("", found, count=1))
 

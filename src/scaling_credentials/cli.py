@@ -125,8 +125,8 @@ class _LogFormatter(logging.Formatter):
 
 def _quiet_probe_cache(record: logging.LogRecord) -> bool:
     # The command's probe cache reports a failed fetch through the command's own error
-    # line: its warnings would say the same thing twice.
-    return not (record.name == "scaling_credentials.cache" and record.levelno < logging.ERROR)
+    # line: the cache's warning would say the same thing twice.
+    return getattr(record, "scaling_credentials_event", None) != "fetch_failed"
 
 
 def _configure_logging(level: int) -> Callable[[], None]:

@@ -89,12 +89,15 @@ def run_rotation_threads(
     *,
     threads: int = 8,
     rotations: int = 3,
+    gap: float = 0.0,
     timeout: float = 60.0,
 ) -> RotationRun:
     """``threads`` threads, each with its own :class:`httpx.Client`, send requests to
     ``api`` through ``auth`` while ``rotate(n)`` is called ``rotations`` times, each time
-    after every thread has completed a few more requests. Bounded: every wait has a
-    timeout and every thread is joined."""
+    after every thread has completed a few more requests and at least ``gap`` seconds
+    (real time) after the previous rotation: rotations that close together are what a
+    cache with a refetch floor must survive. Bounded: every wait has a timeout and every
+    thread is joined."""
     progress = _Progress(threads)
     stop = threading.Event()
 
@@ -112,7 +115,9 @@ def run_rotation_threads(
         progress.wait_all_advanced(3, timeout)
         for number in range(rotations):
             rotate(number)
+            paced = time.monotonic() + gap
             progress.wait_all_advanced(3, timeout)
+            stop.wait(max(0.0, paced - time.monotonic()))  # pacing the load, not a TTL
     finally:
         stop.set()
         for thread in workers:
@@ -129,11 +134,13 @@ def run_rotation_tasks(
     *,
     tasks: int = 200,
     rotations: int = 3,
+    gap: float = 0.0,
     timeout: float = 120.0,
 ) -> RotationRun:
     """A wave of ``tasks`` concurrent requests on one :class:`httpx.AsyncClient`, then for
     each of ``rotations``: another wave with ``rotate(n)`` called while it is in flight
-    (in a worker thread, so that a blocking rotation does not stall the loop)."""
+    (in a worker thread, so that a blocking rotation does not stall the loop), at least
+    ``gap`` seconds (real time) after the previous rotation."""
     statuses: list[int] = []
     retried = 0
 
@@ -147,10 +154,12 @@ def run_rotation_tasks(
         async with httpx.AsyncClient(base_url=api.url, auth=auth, timeout=30) as client:
             await wave(client)
             for number in range(rotations):
+                paced = time.monotonic() + gap
                 running = asyncio.ensure_future(wave(client))
                 await asyncio.sleep(0)
                 await asyncio.to_thread(rotate, number)
                 await running
+                await asyncio.sleep(max(0.0, paced - time.monotonic()))  # pacing the load
 
     asyncio.run(asyncio.wait_for(scenario(), timeout))
     return RotationRun(statuses, retried)

@@ -1,0 +1,154 @@
+"""Flight: one backend fetch that any number of threads and tasks wait for.
+
+A flight runs off every caller's stack: a sync fetch in a short-lived daemon thread, a
+native async fetch as a task on the loop of the caller that started it. Callers wait for
+its outcome with a deadline (real time: timeouts are real), so a hung backend never holds
+a request longer than the cache's ``fetch_timeout``, and a waiter that gives up or is
+cancelled never cancels the fetch for the others.
+
+A flight can also be *orphaned*: its task was cancelled because the loop it ran on shut
+down (a short ``asyncio.run()`` that timed out, a closed loop). That is no backend
+failure: its waiters are woken with no outcome and simply ask the cache again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio  # imported where it is used: it costs ~15 ms at cold start (Lambda)
+
+from ._key import ApiKey
+from ._schedule import FetchKind
+
+__all__ = ["Flight", "running_loop"]
+
+# How often a waiter looks again at a flight whose task lives on another event loop, to
+# notice that loop is gone (it can no longer finish the fetch).
+_LIVENESS_CHECK = 0.5
+
+
+class Flight:
+    """One fetch in progress, and its outcome once it has one."""
+
+    __slots__ = (
+        "abandoned",
+        "async_waiters",
+        "deadline",
+        "done",
+        "duration",
+        "error",
+        "finished",
+        "key",
+        "kind",
+        "loop",
+        "orphaned",
+        "rejected",
+        "stamp",
+        "started_at",
+        "task",
+    )
+
+    def __init__(
+        self,
+        kind: FetchKind,
+        started_at: float,
+        timeout: float,
+        rejected: ApiKey | None = None,
+    ) -> None:
+        self.kind = kind
+        self.rejected = rejected  # a forced fetch after the API rejected this key
+        self.started_at = started_at  # cache clock
+        self.deadline = time.monotonic() + timeout  # real time: timeouts are real
+        self.done = threading.Event()
+        self.finished = False
+        self.abandoned = False  # past its deadline: counted as failed, its result still used
+        self.orphaned = False  # its task was cancelled with its loop: no outcome
+        self.key: ApiKey | None = None
+        self.error: BaseException | None = None
+        self.duration = 0.0
+        self.stamp: object = None  # the provider's stamp, taken before the fetch
+        self.async_waiters: list[asyncio.Future[None]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def can_finish(self) -> bool:
+        """False once the fetch can no longer end on its own: its task's loop is closed
+        or no longer running."""
+        loop = self.loop
+        if self.finished or loop is None:
+            return True
+        return not loop.is_closed() and loop.is_running()
+
+    def wake(self) -> None:
+        """Wake every waiter (call once ``finished`` or ``orphaned`` is set)."""
+        waiters, self.async_waiters = self.async_waiters, []
+        self.done.set()
+        for waiter in waiters:
+            try:
+                waiter.get_loop().call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:  # that waiter's loop is closed: nobody is waiting there
+                pass
+
+    def wait(self) -> bool:
+        """Block until the flight ends (True), or its deadline passes or it can no longer
+        end (False)."""
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                return self.done.is_set()
+            step = remaining if self.loop is None else min(remaining, _LIVENESS_CHECK)
+            if self.done.wait(step):
+                return True
+            if not self.can_finish():
+                return False
+
+    async def await_end(self) -> bool:
+        """:meth:`wait` for asyncio: only this caller's own future is ever cancelled."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self.async_waiters.append(waiter)
+        if self.finished or self.orphaned or self.done.is_set():
+            _wake(waiter)
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                return waiter.done()
+            step = remaining if self.loop in (None, loop) else min(remaining, _LIVENESS_CHECK)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), step)
+                return True
+            except asyncio.TimeoutError:
+                if not self.can_finish():
+                    return False
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def start_thread(target: Callable[[], Any]) -> None:
+    """Run ``target`` in a short-lived daemon thread (a sync fetch)."""
+    thread = threading.Thread(target=target, name="scaling-credentials-fetch", daemon=True)
+    thread.start()
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any (without importing asyncio when
+    nothing could be running)."""
+    import sys
+
+    if "asyncio" not in sys.modules:  # no loop can be running without asyncio
+        return None
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

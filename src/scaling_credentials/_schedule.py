@@ -1,0 +1,484 @@
+"""The cache's decisions: how long a key lives, when one caller refreshes it ahead of
+expiry, how long the backend rests after a failure, which rejected key earns a forced
+fetch, and what a read or a refresh does now.
+
+Nothing here reads a clock (``now`` is passed in), takes a lock (the cache holds its own
+around every call), starts a thread or does I/O: :class:`Schedule` turns each event (a
+read, a refresh, a finished fetch) into a typed action that the cache carries out.
+
+How a key moves through the cache::
+
+    fresh ──(refresh_at)──> one caller starts a background refresh, all are still served
+      │  └─(check_at: the source's stamp changed)──> background refresh at once
+      └──(expires_at)──> one fetch, every caller waits ──> fresh, or on failure
+                                               stale within max_stale, with backoff
+
+Rules for a key the API rejected (``refresh(rejected=key)``):
+
+* a different usable key that the API has not rejected is held: it is the answer, no fetch;
+* the first rejection of a key earns one forced fetch at once (coalesced), whatever the
+  time since the last one, so rotations any distance apart cost no request;
+* a key rejected again after its forced fetch returned it unchanged, and a refresh that
+  names no key, are held to one forced fetch per ``min_refresh_interval`` (measured
+  between forced fetches) and to the backend's backoff;
+* never step back: a fetch that returns a key the API rejected, while a key it has not
+  rejected is held, keeps the held key and asks the source again after a short, backed-off
+  delay (caching extensions and agents, eventually consistent reads, replicas).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Hashable
+from datetime import timedelta
+from typing import Final, Literal, NamedTuple
+
+import cachetools
+
+from ._errors import ConfigurationError
+from ._key import ApiKey
+from ._options import seconds
+
+__all__ = [
+    "Action",
+    "Check",
+    "Entry",
+    "Fail",
+    "Failed",
+    "Fetch",
+    "FetchKind",
+    "Join",
+    "Kept",
+    "Outcome",
+    "Policy",
+    "Refresh",
+    "RefreshOutcome",
+    "Schedule",
+    "Serve",
+    "Stored",
+    "Verdict",
+]
+
+FetchKind = Literal["ttl", "refresh-ahead", "forced", "change"]
+RefreshOutcome = Literal["fetched", "cached", "skipped-interval", "skipped-backoff", "rejected"]
+
+# The first lifetime after start (or after a fork or invalidate()) is spread this widely,
+# so that a fleet started together falls out of step within one TTL (docs/scale.md).
+FIRST_LIFETIME_LOW: Final = 0.1
+# How many rejected keys the cache remembers (by fingerprint).
+REMEMBERED_REJECTIONS: Final = 64
+
+
+class Policy(NamedTuple):
+    """The cache's settings, validated (seconds as floats)."""
+
+    ttl: float
+    jitter: float
+    refresh_ahead: float
+    max_stale: float
+    min_refresh_interval: float
+    fetch_timeout: float
+    backoff_initial: float
+    backoff_max: float
+    check_interval: float
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        ttl: float | timedelta,
+        jitter: float,
+        refresh_ahead: float | timedelta | None,
+        max_stale: float | timedelta,
+        min_refresh_interval: float | timedelta,
+        fetch_timeout: float | timedelta,
+        backoff_initial: float | timedelta,
+        backoff_max: float | timedelta,
+        check_interval: float | timedelta,
+    ) -> Policy:
+        """Check every setting; :class:`ConfigurationError` names the wrong one."""
+        ttl_s = seconds(ttl, "ttl", allow_zero=False)
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+            raise ConfigurationError(f"jitter must be a fraction in [0, 1), got {jitter!r}")
+        return cls(
+            ttl=ttl_s,
+            jitter=float(jitter),
+            refresh_ahead=ttl_s / 10
+            if refresh_ahead is None
+            else seconds(refresh_ahead, "refresh_ahead"),
+            max_stale=seconds(max_stale, "max_stale"),
+            min_refresh_interval=seconds(min_refresh_interval, "min_refresh_interval"),
+            fetch_timeout=seconds(fetch_timeout, "fetch_timeout", allow_zero=False),
+            backoff_initial=seconds(backoff_initial, "backoff_initial"),
+            backoff_max=seconds(backoff_max, "backoff_max"),
+            check_interval=seconds(check_interval, "check_interval"),
+        )
+
+    def lifetime(self, rng: random.Random, *, first: bool) -> float:
+        """An entry's lifetime: ``ttl`` scaled by a random factor in ``[1 - jitter, 1]``;
+        for the first entry (with jitter) in ``[0.1, 1]``."""
+        low = 1.0 - self.jitter
+        if first and self.jitter > 0:
+            low = min(low, FIRST_LIFETIME_LOW)
+        return self.ttl * rng.uniform(low, 1.0)
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """The rest after the ``attempt``-th failure in a row: ``backoff_initial`` doubling
+        up to ``backoff_max``, scaled by a random factor in ``[0.5, 1]``."""
+        step = min(self.backoff_max, self.backoff_initial * 2.0 ** min(attempt - 1, 30))
+        return step * rng.uniform(0.5, 1.0)
+
+
+class Entry(NamedTuple):
+    """The key held, and when something next needs doing about it. ``until`` is the
+    earliest of ``refresh_at`` and ``check_at``: before it, a read is served at once with
+    no decision to make (the hot path compares the clock with it, nothing else)."""
+
+    key: ApiKey
+    fetched_at: float
+    expires_at: float
+    refresh_at: float
+    check_at: float
+    stamp: Hashable | None
+    until: float
+
+
+def _entry(
+    key: ApiKey,
+    fetched_at: float,
+    expires_at: float,
+    refresh_at: float,
+    check_at: float,
+    stamp: Hashable | None,
+) -> Entry:
+    return Entry(
+        key, fetched_at, expires_at, refresh_at, check_at, stamp, min(refresh_at, check_at)
+    )
+
+
+# ---------------------------------------------------------------------- actions
+
+
+class Serve(NamedTuple):
+    """Answer with ``key`` now. ``stale``: past its expiry, served because the backend is
+    failing. ``outcome``: for a refresh, whether the source was asked."""
+
+    key: ApiKey
+    stale: bool = False
+    outcome: RefreshOutcome = "cached"
+
+
+class Refresh(NamedTuple):
+    """Answer with ``key`` now, and start a background fetch that nobody waits for."""
+
+    key: ApiKey
+    kind: FetchKind
+
+
+class Check(NamedTuple):
+    """Answer with ``key`` now, after asking the provider for its stamp (outside the
+    lock) and reporting it with :meth:`Schedule.on_stamp`."""
+
+    key: ApiKey
+    stamp: Hashable | None
+
+
+class Fetch(NamedTuple):
+    """Start a fetch and wait for it (``rejected``: the key whose rejection forced it)."""
+
+    kind: FetchKind
+    rejected: ApiKey | None = None
+
+
+class Join(NamedTuple):
+    """Wait for the fetch in flight. ``stale_ok``: when it fails, a usable stale key is
+    the answer; ``replan``: when it ends, decide again (it was not the fetch asked for)."""
+
+    stale_ok: bool
+    replan: bool = False
+
+
+class Fail(NamedTuple):
+    """Raise the last backend error (the backend is resting and no usable key is held)."""
+
+
+Action = Serve | Refresh | Check | Fetch | Join | Fail
+
+
+# ---------------------------------------------------------------------- outcomes
+
+
+class Stored(NamedTuple):
+    """A fetch returned ``key`` and it is now held (``previous``: the key held before)."""
+
+    key: ApiKey
+    previous: ApiKey | None
+
+
+class Kept(NamedTuple):
+    """A fetch returned ``refused``, a key the API rejected before, while ``held`` (not
+    rejected) was held: ``held`` stays; the source is asked again in ``retry_in`` s."""
+
+    held: ApiKey
+    refused: ApiKey
+    retry_in: float
+    first_time: bool
+
+
+class Failed(NamedTuple):
+    """A fetch failed: the ``attempt``-th failure in a row; the backend rests ``retry_in``
+    seconds; ``fallback`` is the key still served (within max_stale), if any."""
+
+    attempt: int
+    retry_in: float
+    fallback: ApiKey | None
+    stale_for: float | None
+
+
+Outcome = Stored | Kept | Failed
+
+
+# ---------------------------------------------------------------------- rejected keys
+
+
+class Verdict(enum.Enum):
+    """What is known of a rejected key."""
+
+    NEW = "new"  # rejected; its forced fetch has not started
+    FORCED = "forced"  # its forced fetch is running
+    STUCK = "stuck"  # its forced fetch returned it unchanged
+    FAILED = "failed"  # its forced fetch failed
+    REPLACED = "replaced"  # its forced fetch returned another key
+
+
+class Rejection:
+    """What the cache remembers of one rejected key (never the key itself)."""
+
+    __slots__ = ("kept_logged", "suppressed", "verdict", "warned_at")
+
+    def __init__(self) -> None:
+        self.verdict = Verdict.NEW
+        self.warned_at: float | None = None
+        self.suppressed = 0
+        self.kept_logged = False
+
+
+# ---------------------------------------------------------------------- the schedule
+
+
+class Schedule:
+    """The cache's state and decisions. Every method is called with the cache's lock
+    held and the cache's clock reading ``now``."""
+
+    def __init__(self, policy: Policy, rng: random.Random) -> None:
+        self.policy = policy
+        self.rng = rng
+        self.entry: Entry | None = None  # the one place the key is held
+        self.flight_kind: FetchKind | None = None
+        self.flight_rejected: str | None = None  # fingerprint of a forced fetch's key
+        self.failures = 0
+        self.retry_at: float | None = None
+        self.last_forced_at: float | None = None
+        self.first = True  # the next lifetime is the first one: spread widely
+        self.checks = False  # the provider has stamps: look at them on the read path
+        self.kept_in_a_row = 0
+        # Bounded, least recently used first out: real work for cachetools.
+        self.rejected: cachetools.LRUCache[str, Rejection] = cachetools.LRUCache(
+            maxsize=REMEMBERED_REJECTIONS
+        )
+
+    # -- facts
+
+    def in_backoff(self, now: float) -> bool:
+        """Whether the backend is resting after a failure."""
+        return self.retry_at is not None and now < self.retry_at
+
+    def usable(self, now: float) -> ApiKey | None:
+        """The held key while it may still be served (within ``max_stale`` of expiry)."""
+        entry = self.entry
+        if entry is not None and now <= entry.expires_at + self.policy.max_stale:
+            return entry.key
+        return None
+
+    def is_rejected(self, key: ApiKey) -> bool:
+        """Whether the API rejected ``key`` (as far as the cache remembers)."""
+        return key.fingerprint in self.rejected
+
+    def rejection(self, key: ApiKey) -> Rejection | None:
+        """What is remembered of ``key``'s rejection, if anything."""
+        return self.rejected.get(key.fingerprint)
+
+    # -- decisions
+
+    def on_read(self, now: float) -> Action:
+        """A read (``get``): serve, refresh in the background, check, fetch or fail."""
+        entry = self.entry
+        if entry is not None and now < entry.expires_at:
+            if now >= entry.refresh_at and self.flight_kind is None and not self.in_backoff(now):
+                return Refresh(entry.key, "refresh-ahead")
+            if now >= entry.check_at:
+                # Claim this check: the next one is due an interval from now.
+                check_at = now + self.policy.check_interval
+                self.entry = _entry(
+                    entry.key,
+                    entry.fetched_at,
+                    entry.expires_at,
+                    entry.refresh_at,
+                    check_at,
+                    entry.stamp,
+                )
+                return Check(entry.key, entry.stamp)
+            return Serve(entry.key)
+        if self.flight_kind is not None:
+            return Join(stale_ok=True)
+        if self.in_backoff(now):
+            stale = self.usable(now)
+            return Serve(stale, stale=True) if stale is not None else Fail()
+        return Fetch("ttl")
+
+    def on_stamp(self, now: float, seen: Hashable | None, expected: Hashable | None) -> Action:
+        """The provider's stamp after a :class:`Check`: a change starts a background
+        fetch at once."""
+        entry = self.entry
+        if entry is None:
+            return self.on_read(now)
+        if seen == expected or seen == entry.stamp or self.flight_kind is not None:
+            return Serve(entry.key)
+        return Refresh(entry.key, "change")
+
+    def on_refresh(self, now: float, rejected: ApiKey | None) -> Action:
+        """A forced refresh, after the API rejected ``rejected`` (or for no key)."""
+        entry = self.entry
+        dead = entry is not None and now > entry.expires_at + self.policy.max_stale
+        record: Rejection | None = None
+        if rejected is not None:
+            record = self._remember(rejected)
+            if (
+                entry is not None
+                and not dead
+                and entry.key != rejected
+                and not self.is_rejected(entry.key)
+            ):
+                return Serve(entry.key, outcome="cached")
+        if self.flight_kind is not None:
+            if rejected is None:
+                return Join(stale_ok=self.flight_kind != "forced")
+            if self.flight_kind == "forced" and self.flight_rejected == rejected.fingerprint:
+                return Join(stale_ok=False)
+            return Join(stale_ok=True, replan=True)
+        if entry is None:
+            return self.on_read(now)
+        if record is not None and record.verdict is Verdict.NEW:
+            return Fetch("forced", rejected)  # every rejected key earns one forced fetch
+        recently = (
+            self.last_forced_at is not None
+            and now - self.last_forced_at < self.policy.min_refresh_interval
+        )
+        if record is not None and record.verdict is Verdict.FAILED:
+            recently = False  # its forced fetch failed: only the backoff holds it back
+        backoff = self.in_backoff(now)
+        if dead and (recently or backoff):
+            return self.on_read(now)  # fails while resting: never hand out a dead key
+        if recently or backoff:
+            return Serve(entry.key, outcome="skipped-interval" if recently else "skipped-backoff")
+        return Fetch("forced", rejected)
+
+    # -- bookkeeping
+
+    def started(self, now: float, kind: FetchKind, rejected: ApiKey | None) -> None:
+        """A fetch of ``kind`` started."""
+        self.flight_kind = kind
+        self.flight_rejected = rejected.fingerprint if rejected is not None else None
+        if kind == "forced":
+            self.last_forced_at = now
+            if rejected is not None:
+                self._remember(rejected).verdict = Verdict.FORCED
+
+    def ended(self) -> None:
+        """The fetch in flight is over (or no longer waited for); its outcome, if any, is
+        reported separately."""
+        self.flight_kind = None
+        self.flight_rejected = None
+
+    def failed(self, now: float, rejected: ApiKey | None, *, count: bool = True) -> Failed:
+        """The fetch failed (``count``: a backend failure that earns a rest)."""
+        if rejected is not None:
+            record = self.rejected.get(rejected.fingerprint)
+            if record is not None and record.verdict is Verdict.FORCED:
+                record.verdict = Verdict.FAILED
+        if count:
+            self.failures += 1
+            self.retry_at = now + self.policy.backoff(self.failures, self.rng)
+        entry = self.entry
+        return Failed(
+            attempt=self.failures,
+            retry_in=max(0.0, (self.retry_at or now) - now),
+            fallback=self.usable(now),
+            stale_for=None if entry is None else now - entry.expires_at,
+        )
+
+    def succeeded(
+        self, now: float, key: ApiKey, rejected: ApiKey | None, stamp: Hashable | None
+    ) -> Outcome:
+        """The fetch returned ``key`` (the provider's ``stamp`` taken before it)."""
+        self.failures = 0
+        self.retry_at = None
+        if rejected is not None:
+            record = self.rejected.get(rejected.fingerprint)
+            if record is not None:
+                record.verdict = Verdict.STUCK if key == rejected else Verdict.REPLACED
+        held = self.entry
+        lifetime = self.policy.lifetime(self.rng, first=self.first)
+        self.first = False
+        refused = self.rejected.get(key.fingerprint)
+        if (
+            refused is not None
+            and held is not None
+            and held.key != key
+            and not self.is_rejected(held.key)
+        ):
+            # Never step back to a key the API rejected: keep the held one, ask again soon.
+            self.kept_in_a_row += 1
+            delay = self.policy.backoff(self.kept_in_a_row, self.rng)
+            self.entry = _entry(
+                held.key,
+                held.fetched_at,
+                max(held.expires_at, now + lifetime),
+                now + delay,
+                held.check_at,
+                held.stamp,
+            )
+            first_time, refused.kept_logged = not refused.kept_logged, True
+            return Kept(held.key, key, delay, first_time)
+        self.kept_in_a_row = 0
+        ahead = min(self.policy.refresh_ahead, lifetime / 2)
+        check_at = now + self.policy.check_interval if self.checks else float("inf")
+        self.entry = _entry(key, now, now + lifetime, now + lifetime - ahead, check_at, stamp)
+        return Stored(key, held.key if held is not None else None)
+
+    def forget(self) -> None:
+        """``invalidate()``: drop the key and the failure state (rejections stay known)."""
+        self.entry = None
+        self.failures = 0
+        self.retry_at = None
+        self.first = True
+
+    def note_stuck(self, now: float, key: ApiKey, every: float) -> int | None:
+        """A request failed because ``key`` is still the best the source has: ``None``
+        when a warning was given for it less than ``every`` seconds ago (counted as
+        suppressed), else the number suppressed since the last warning (the caller warns)."""
+        record = self._remember(key)
+        if record.warned_at is not None and now - record.warned_at < every:
+            record.suppressed += 1
+            return None
+        suppressed, record.suppressed, record.warned_at = record.suppressed, 0, now
+        return suppressed
+
+    def _remember(self, key: ApiKey) -> Rejection:
+        fingerprint = key.fingerprint
+        record = self.rejected.get(fingerprint)
+        if record is None:
+            record = Rejection()
+            self.rejected[fingerprint] = record
+        return record
