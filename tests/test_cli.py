@@ -357,6 +357,57 @@ def test_check_refuses_to_send_the_key_elsewhere(base_url: str, run_main: RunMai
     no_secret(key, proc)
 
 
+def test_check_uses_scaling_api_base_url(api: FakeScalingAPI, run_main: RunMain) -> None:
+    key = api.issue_key()
+    proc = run_main("check", env={"SCALING_API_KEY": key, "SCALING_API_BASE_URL": api.url})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"GET {api.url}/oncall/schedules answered 200" in proc.stdout
+    assert len(api.requests) == 1
+
+
+def test_check_base_url_option_wins_over_the_variable(
+    api: FakeScalingAPI, run_main: RunMain
+) -> None:
+    key = api.issue_key()
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    env = {"SCALING_API_KEY": key, "SCALING_API_BASE_URL": dead}
+    proc = run_main("check", "--base-url", api.url, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(api.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["api.scaling.cloud/v1", "ftp://api.scaling.cloud/v1", "https://user:pw@api.scaling.cloud/v1"],
+    ids=["no-scheme", "wrong-scheme", "credentials"],
+)
+def test_check_malformed_scaling_api_base_url_exits_2_naming_it(
+    value: str, run_main: RunMain
+) -> None:
+    key = "scl_live_" + "n0tsent" * 4
+    proc = run_main("check", env={"SCALING_API_KEY": key, "SCALING_API_BASE_URL": value})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = error_lines(proc)
+    assert "SCALING_API_BASE_URL" in line
+    assert "pw@" not in line
+    no_secret(key, proc)
+
+
+@pytest.mark.parametrize("where", ["variable", "option"])
+def test_check_never_echoes_a_key_given_as_the_base_url(where: str, run_main: RunMain) -> None:
+    key = f"scl_live_{LEAK_MARKER}base"
+    pasted = f"https://api.scaling.cloud/v1?key={key}"
+    if where == "variable":
+        proc = run_main("check", env={"SCALING_API_KEY": key, "SCALING_API_BASE_URL": pasted})
+        assert "SCALING_API_BASE_URL" in proc.stderr
+    else:
+        proc = run_main("check", "--base-url", key, env={"SCALING_API_KEY": key})
+        assert "--base-url" in proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(error_lines(proc)) == 1, proc.stderr
+    no_secret(key, proc)
+
+
 def test_check_unreachable_exits_1() -> None:
     key = "scl_live_" + "unreach" * 4
     url = f"http://127.0.0.1:{free_port()}/v1"
