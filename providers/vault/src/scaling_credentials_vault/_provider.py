@@ -252,9 +252,10 @@ class VaultProvider(Provider):
 
     @classmethod
     def from_uri(cls, uri: SourceURI) -> VaultProvider:
-        """``vault:PATH?mount=M&field=F&kv=2&auth=token|approle|kubernetes|jwt&role=R``.
+        """``vault:PATH[?mount=M&field=F&kv=2&auth=...&role=R&auth_mount=A&namespace=N]``.
 
-        Also ``auth_mount`` (where the auth method is enabled) and ``namespace``. Vault's
+        ``auth`` is ``token``, ``approle``, ``kubernetes`` or ``jwt``; ``auth_mount`` is
+        where the auth method is enabled. Vault's
         address comes from ``VAULT_ADDR``; credentials never come from the URI:
 
         * ``auth=token`` (default): ``VAULT_TOKEN``, ``VAULT_TOKEN_FILE`` or
