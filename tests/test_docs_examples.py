@@ -198,26 +198,13 @@ EVALUATORS: dict[str, Callable[[Example], None]] = {
 # --------------------------------------------------------------------------- environments
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 def aws_environment(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, key: str, tmp_path: Path
 ) -> None:
     """Secrets Manager on moto, holding ``key`` as AWS_SECRET, named by the source."""
     import boto3
 
-    endpoint: str = request.getfixturevalue("moto_endpoint")
+    endpoint: str = request.getfixturevalue("moto_endpoint")  # the root conftest's
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

@@ -114,6 +114,16 @@ def python(venv: Path, code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def assert_aws_provider_imports_no_boto3(venv: Path) -> None:
+    found = python(
+        venv,
+        "import sys; from scaling_credentials import provider_from_uri\n"
+        "p = provider_from_uri('aws-sm:prod/scaling?region=eu-west-1')\n"
+        "print(type(p).__name__, 'boto3' in sys.modules)",
+    )
+    assert found.stdout.split() == ["SecretsManagerProvider", "False"], found.stderr
+
+
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This checkout as a user clones it (without the developer's venv and builds)."""
@@ -147,13 +157,7 @@ def test_readme_install_from_a_checkout(checkout: Path, tmp_path: Path) -> None:
     for command in with_providers:
         run(command, venv=venv, cwd=checkout)
     assert {"aws-sm", "aws-lambda-extension", "vault"} <= schemes(venv)
-    found = python(
-        venv,
-        "import sys; from scaling_credentials import provider_from_uri\n"
-        "p = provider_from_uri('aws-sm:prod/scaling?region=eu-west-1')\n"
-        "print(type(p).__name__, 'boto3' in sys.modules)",
-    )
-    assert found.stdout.split() == ["SecretsManagerProvider", "False"], found.stderr
+    assert_aws_provider_imports_no_boto3(venv)
 
     # The third-party provider example, as its README says, in the same environment.
     for command in console_commands(checkout / "examples/custom_provider/README.md"):
@@ -168,10 +172,4 @@ def test_readme_install_from_wheels(checkout: Path, tmp_path: Path) -> None:
     for command in commands:
         run(command, venv=venv, cwd=checkout)
     assert {"env", "file", "aws-sm", "aws-lambda-extension"} <= schemes(venv)
-    found = python(
-        venv,
-        "import sys; from scaling_credentials import provider_from_uri\n"
-        "p = provider_from_uri('aws-sm:prod/scaling?region=eu-west-1')\n"
-        "print(type(p).__name__, 'boto3' in sys.modules)",
-    )
-    assert found.stdout.split() == ["SecretsManagerProvider", "False"], found.stderr
+    assert_aws_provider_imports_no_boto3(venv)
