@@ -71,6 +71,14 @@ def call_error(
             f"TLS verification of Vault at {url} failed ({exc.detail}); set VAULT_CACERT "
             "to the CA bundle that signed Vault's certificate, or pass verify='/path/ca.pem'",
         )
+    if exc.kind == "redirect":
+        return provider_error(
+            settings,
+            f"Vault at {url} redirected the {during} to {exc.detail}, another origin; the "
+            "redirect was not followed, since the Vault token and login credentials are "
+            f"sent only to {url} (same scheme, host and port). Set VAULT_ADDR to the "
+            "address that answers (the active node, or the load balancer in front of it)",
+        )
     if exc.kind != "http":
         return provider_error(
             settings, f"the call to Vault at {url} failed during {during}: {exc.detail}"

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from scaling_credentials.toolkit import redact
 
-__all__ = ["VaultCallError", "call", "clip"]
+__all__ = ["RedirectRefused", "VaultCallError", "call", "clip"]
 
 T = TypeVar("T")
 
@@ -30,11 +30,24 @@ def clip(text: str, secrets: Iterable[str] = ()) -> str:
     return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
 
 
+class RedirectRefused(Exception):
+    """Vault's address redirected a request to another origin, and it was not followed.
+
+    ``origin`` is the target's ``scheme://host:port`` only: a hostile ``Location`` may
+    carry what it was sent in its path or query.
+    """
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        super().__init__(f"redirect to another origin refused: {origin}")
+
+
 class VaultCallError(Exception):
     """A failed call to Vault, reduced to what is safe to show and chain.
 
     ``kind`` is ``"http"`` (Vault answered with an error status), ``"connection"``,
-    ``"timeout"``, ``"tls"`` or ``"other"``. ``status`` is the HTTP status for
+    ``"timeout"``, ``"tls"``, ``"redirect"`` (a redirect to another origin, refused:
+    ``detail`` is that origin) or ``"other"``. ``status`` is the HTTP status for
     ``"http"``; ``errors`` and ``warnings`` are Vault's strings, redacted; ``metadata``
     holds the KV v2 version metadata of a 404 for a deleted or destroyed version.
     """
@@ -114,6 +127,8 @@ def _translate(exc: BaseException, secrets: Iterable[str]) -> VaultCallError:
     import requests
 
     secrets = tuple(secrets)
+    if isinstance(exc, RedirectRefused):
+        return VaultCallError("redirect", detail=clip(exc.origin, secrets))
     if isinstance(exc, hvac.exceptions.VaultError):
         body = exc.json if isinstance(exc.json, dict) else {}
         metadata: dict[str, Any] | None = None
@@ -145,8 +160,6 @@ def _translate(exc: BaseException, secrets: Iterable[str]) -> VaultCallError:
         return VaultCallError("timeout", detail="no answer within the timeout")
     if isinstance(exc, requests.exceptions.ConnectionError):
         return VaultCallError("connection", detail=clip(_root_reason(exc), secrets))
-    if isinstance(exc, requests.exceptions.RequestException):
-        return VaultCallError("other", detail=type(exc).__name__)
     return VaultCallError("other", detail=type(exc).__name__)
 
 

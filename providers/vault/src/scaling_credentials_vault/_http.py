@@ -6,6 +6,8 @@ none, for a login):
 
 * a new login builds a new client rather than changing the token of a client another
   thread may be reading with, and a client passed in by the caller is never changed;
+* every client refuses redirects to another origin (:mod:`._redirects`): the Vault
+  token, a secret ID or a JWT is sent to the configured address only;
 * the clients of one process share one ``requests.Session`` (one connection pool); after
   ``os.fork()`` the child builds its own, since a pooled connection shared with the parent
   would interleave both processes' bytes. A caller's session is used as it is in the
@@ -42,6 +44,8 @@ class VaultClients:
         """An ``hvac.Client`` bearing ``token`` (``""``: none, for a login)."""
         import hvac
 
+        from ._redirects import SameOriginAdapter
+
         settings = self._settings
         # token="" keeps hvac from reading VAULT_TOKEN itself: the auth method decides.
         return hvac.Client(
@@ -53,6 +57,7 @@ class VaultClients:
             proxies=dict(settings.proxies) if settings.proxies else None,
             session=self.session(),
             namespace=settings.namespace,
+            adapter=SameOriginAdapter,
         )
 
     def _new_session(self) -> Any:
