@@ -545,3 +545,21 @@ def test_same_origin_redirect_is_followed(
         assert proxy.redirects >= 2  # the login's lookup-self and the read were redirected
     finally:
         proxy.stop()
+
+
+def test_a_callers_session_hooks_still_run(
+    bao: Any,
+    secret_path: str,
+    write_kv2: Callable[..., int],
+    vault_env: pytest.MonkeyPatch,
+) -> None:
+    # The redirect check is a per-request hook; requests would let it replace the
+    # session's own response hooks, so it is chained with them instead.
+    write_kv2(secret_path, {"api_key": KEY})
+    client = hvac.Client(url=bao.url, token=bao.root_token)
+    seen: list[str] = []
+    client.session.hooks["response"].append(lambda response, **_: seen.append(response.url))
+    provider = VaultProvider(secret_path, client=client)
+    assert provider.fetch().reveal() == KEY
+    paths = [urlsplit(url).path for url in seen]
+    assert paths == ["/v1/auth/token/lookup-self", f"/v1/secret/data/{secret_path}"]

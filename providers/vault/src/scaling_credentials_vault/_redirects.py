@@ -56,15 +56,25 @@ def _shown(url: str) -> str:
     return f"{scheme}://{host}:{port}"[:300]
 
 
+def _as_list(hooks: Any) -> list[Any]:
+    if hooks is None:
+        return []
+    return [hooks] if callable(hooks) else list(hooks)
+
+
 class SameOriginAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc]  # hvac is untyped
     """hvac's JSON adapter, refusing redirects away from its ``base_uri``'s origin."""
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         hooks = dict(kwargs.pop("hooks", None) or {})
-        response_hooks = hooks.get("response", [])
-        if callable(response_hooks):
-            response_hooks = [response_hooks]
-        hooks["response"] = [*response_hooks, self._refuse_cross_origin_redirect]
+        # requests lets a request's response hooks replace the session's: list the
+        # session's too, so that a caller's session keeps its own hooks.
+        chained = [
+            self._refuse_cross_origin_redirect,
+            *_as_list(getattr(self.session, "hooks", {}).get("response")),
+            *_as_list(hooks.get("response")),
+        ]
+        hooks["response"] = chained
         return super().request(method, url, *args, hooks=hooks, **kwargs)
 
     def _refuse_cross_origin_redirect(self, response: Any, *args: Any, **kwargs: Any) -> Any:
