@@ -103,7 +103,7 @@ def call_error(
         return provider_error(
             settings, f"Vault at {url} is rate limiting requests ({exc.describe()})"
         )
-    if exc.status == 404 and during == "read":
+    if exc.status == 404 and during in ("read", "write"):
         return _not_found_error(settings, exc, probe)
     return provider_error(settings, f"Vault at {url} answered {exc.describe(with_request=True)}")
 
@@ -181,9 +181,11 @@ def _mount_version(settings: VaultSettings, probe: Probe | None) -> str | None:
     return None
 
 
-def forbidden_error(settings: VaultSettings, auth: VaultAuth, probe: Probe) -> ProviderError:
-    """The error for a 403 to a read with a token obtained just now: a missing policy,
-    or a token Vault does not accept at all."""
+def forbidden_error(
+    settings: VaultSettings, auth: VaultAuth, probe: Probe, *, writing: bool = False
+) -> ProviderError:
+    """The error for a 403 with a token obtained just now: a missing policy (for a read,
+    or for a write when ``writing``), or a token Vault does not accept at all."""
     client = probe.client
     policies: tuple[str, ...] | None = None
     try:
@@ -203,10 +205,18 @@ def forbidden_error(settings: VaultSettings, auth: VaultAuth, probe: Probe) -> P
             policies = tuple(sorted(str(p) for p in raw))
     held = f" (its policies: {', '.join(policies)})" if policies else ""
     path = settings.policy_path
+    if writing:
+        doing = "writing"
+        needs = (
+            "the `create` and `update` capabilities there (and `read`, to keep the secret's "
+            "other fields)"
+        )
+        example = '["read", "create", "update"]'
+    else:
+        doing, needs, example = "reading", "the `read` capability there", '["read"]'
     return provider_error(
         settings,
-        f"permission denied reading {path} on Vault at {settings.safe_url}: the token{held} "
-        f"needs a policy granting the `read` capability there, e.g. "
-        f'path "{path}" {{ capabilities = ["read"] }}; Vault also answers 403 when nothing '
-        f"is mounted at {settings.mount_point}/",
+        f"permission denied {doing} {path} on Vault at {settings.safe_url}: the token{held} "
+        f'needs a policy granting {needs}, e.g. path "{path}" {{ capabilities = {example} }}; '
+        f"Vault also answers 403 when nothing is mounted at {settings.mount_point}/",
     )

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from scaling_credentials import ApiKey, ConfigurationError, Provider, ProviderError, SourceURI
 from scaling_credentials.toolkit import (
@@ -41,6 +41,8 @@ from ._http import VaultClients
 from ._lifecycle import TokenAction, renewal_extends, token_action
 
 __all__ = ["DEFAULT_TIMEOUT", "VaultProvider"]
+
+T = TypeVar("T")
 
 logger = get_logger("scaling_credentials.vault")
 
@@ -80,7 +82,12 @@ class VaultProvider(Provider):
     reached its max TTL), and when Vault answers 403 to a read with a token that may have
     expired or been revoked, logs in again once and retries. The Vault token is never
     shown in a repr, a log line or an error.
+
+    :meth:`store` writes a new key (a new KV v2 version, keeping the secret's other
+    fields), for ``scaling-credentials rotate``.
     """
+
+    can_store: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -113,7 +120,8 @@ class VaultProvider(Provider):
             raise ConfigurationError("VaultProvider: clock must be a callable returning seconds")
         self._clock = clock
         self._clients = VaultClients(self._settings)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the login: held while logging in or renewing
+        self._store_lock = threading.Lock()  # one read-modify-write at a time
         self._current: _Login | None = None
         after_fork(self, VaultProvider._after_fork_in_child)
 
@@ -192,14 +200,54 @@ class VaultProvider(Provider):
     # ------------------------------------------------------------------ fetch
 
     def fetch(self) -> ApiKey:
+        return self._with_login(self._read, during="read")
+
+    def _read(self, login: _Login) -> ApiKey:
+        document, metadata = self._read_secret(login.client.get(), self._secrets(login))
+        if document is None:
+            raise deleted_error(self._settings, metadata)
+        desc = self.describe()
+        value = field_from_object(document, self._settings.field, name=desc)
+        version = metadata.get("version")
+        return make_key(value, source=desc, version=None if version is None else str(version))
+
+    def _read_secret(self, client: Any, secrets: tuple[str, ...]) -> tuple[object, dict[str, Any]]:
+        """The secret's data (``None`` when its current KV v2 version was deleted) and its
+        KV v2 metadata (``{}`` for KV v1)."""
+        settings = self._settings
+        if settings.kv_version == 1:
+            answer = call(
+                lambda: client.secrets.kv.v1.read_secret(
+                    path=settings.path, mount_point=settings.mount_point
+                ),
+                secrets=secrets,
+            )
+            return (answer.get("data") if isinstance(answer, dict) else None), {}
+        answer = call(
+            lambda: client.secrets.kv.v2.read_secret_version(
+                path=settings.path, mount_point=settings.mount_point, raise_on_deleted_version=True
+            ),
+            secrets=secrets,
+        )
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(data, dict):
+            raise provider_error(
+                settings, f"Vault's answer for {settings.policy_path} holds no data"
+            )
+        metadata = data.get("metadata")
+        return data.get("data"), metadata if isinstance(metadata, dict) else {}
+
+    def _with_login(self, operation: Callable[[_Login], T], *, during: str) -> T:
+        """Run ``operation`` with the current login; on a 403 with a token that worked
+        before (expired or revoked), log in again once and run it again."""
         login, fresh = self._login_for_call()
         try:
-            return self._read(login)
+            return operation(login)
         except VaultCallError as exc:
             if exc.status != 403:
-                raise call_error(self._settings, exc, self._probe(login)) from exc
+                raise call_error(self._settings, exc, self._probe(login), during=during) from exc
             if fresh:
-                raise forbidden_error(self._settings, self.auth, self._probe(login)) from exc
+                raise self._forbidden(login, during) from exc
         # 403 with a token that worked before: it expired or was revoked. Log in once more.
         logger.info(
             "Vault denied %s with the current token (expired or revoked?); logging in again",
@@ -207,48 +255,91 @@ class VaultProvider(Provider):
         )
         login = self._relogin(login)
         try:
-            return self._read(login)
+            return operation(login)
         except VaultCallError as exc:
             if exc.status == 403:
-                raise forbidden_error(self._settings, self.auth, self._probe(login)) from exc
-            raise call_error(self._settings, exc, self._probe(login)) from exc
+                raise self._forbidden(login, during) from exc
+            raise call_error(self._settings, exc, self._probe(login), during=during) from exc
 
-    def _read(self, login: _Login) -> ApiKey:
+    def _forbidden(self, login: _Login, during: str) -> ProviderError:
+        return forbidden_error(
+            self._settings, self.auth, self._probe(login), writing=during == "write"
+        )
+
+    # ------------------------------------------------------------------ store
+
+    def store(self, key: ApiKey) -> str | None:
+        """Write ``key`` to the secret's field as its new current value, keeping the
+        secret's other fields, and return the new KV v2 version (``None`` for KV v1).
+
+        KV v2 writes a new version with check-and-set on the version read just before:
+        when another writer changed the secret in between, nothing is written and a
+        :class:`ProviderError` says so. KV v1 overwrites the secret in place (with a
+        warning: no previous version is kept). Calls on one provider are serialized; a
+        concurrent :meth:`fetch` returns the old key or the new one.
+
+        The token needs ``read``, ``create`` and ``update`` on :attr:`policy_path`.
+        """
+        if not isinstance(key, ApiKey):
+            raise ConfigurationError(
+                f"VaultProvider.store takes an ApiKey, got {type(key).__name__}"
+            )
+        with self._store_lock:
+            return self._with_login(lambda login: self._write(login, key), during="write")
+
+    def _write(self, login: _Login, key: ApiKey) -> str | None:
         settings = self._settings
         client = login.client.get()
-        secrets = self._secrets(login)
-        version: object = None
-        if settings.kv_version == 2:
-            answer = call(
-                lambda: client.secrets.kv.v2.read_secret_version(
-                    path=settings.path,
-                    mount_point=settings.mount_point,
-                    raise_on_deleted_version=True,
+        secrets = (*self._secrets(login), key.reveal())
+        try:
+            document, metadata = self._read_secret(client, secrets)
+        except VaultCallError as exc:
+            if exc.status != 404 or exc.is_missing_route():
+                raise
+            # No secret yet, or its current version was deleted: write a first one.
+            document, metadata = None, exc.metadata or {}
+        data = dict(document) if isinstance(document, dict) else {}
+        data[settings.field] = key.reveal()
+        if settings.kv_version == 1:
+            logger.warning(
+                "%s: KV version 1 keeps no previous version: the key at %s is overwritten, "
+                "with no way back (a KV version 2 mount keeps the old one)",
+                self.describe(),
+                settings.secret_path,
+            )
+            call(
+                lambda: client.secrets.kv.v1.create_or_update_secret(
+                    path=settings.path, secret=data, method="PUT", mount_point=settings.mount_point
                 ),
                 secrets=secrets,
             )
-            data = answer.get("data") if isinstance(answer, dict) else None
-            if not isinstance(data, dict):
+            return None
+        current = metadata.get("version")
+        cas = current if isinstance(current, int) and not isinstance(current, bool) else 0
+        try:
+            answer = call(
+                lambda: client.secrets.kv.v2.create_or_update_secret(
+                    path=settings.path, secret=data, cas=cas, mount_point=settings.mount_point
+                ),
+                secrets=secrets,
+            )
+        except VaultCallError as exc:
+            if exc.status == 400 and exc.mentions("check-and-set"):
                 raise provider_error(
-                    settings, f"Vault's answer for {settings.policy_path} holds no data"
-                )
-            raw_metadata = data.get("metadata")
-            metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
-            version = metadata.get("version")
-            document = data.get("data")
-            if document is None:
-                raise deleted_error(settings, metadata)
-        else:
-            answer = call(
-                lambda: client.secrets.kv.v1.read_secret(
-                    path=settings.path, mount_point=settings.mount_point
-                ),
-                secrets=secrets,
+                    settings,
+                    f"another writer changed {settings.secret_path} while the new key was "
+                    f"being stored (version {cas} is no longer the current one); nothing "
+                    "was written: check the secret, then store the key again",
+                ) from exc
+            raise
+        written = answer.get("data") if isinstance(answer, dict) else None
+        version = written.get("version") if isinstance(written, dict) else None
+        if version is None:
+            raise provider_error(
+                settings, f"Vault's answer to the write of {settings.policy_path} has no version"
             )
-            document = answer.get("data") if isinstance(answer, dict) else None
-        desc = self.describe()
-        value = field_from_object(document, settings.field, name=desc)
-        return make_key(value, source=desc, version=None if version is None else str(version))
+        logger.info("stored a new key in %s: version %s", self.describe(), version)
+        return str(version)
 
     def _secrets(self, login: _Login | None) -> tuple[str, ...]:
         values = self.auth.secrets()
@@ -342,6 +433,7 @@ class VaultProvider(Provider):
         return self._current
 
     def _after_fork_in_child(self) -> None:
-        # A thread of the parent may have held the lock at the fork. The login is kept;
+        # A thread of the parent may have held a lock at the fork. The login is kept;
         # its client and the session are built anew in the child (PerProcess).
         self._lock = threading.Lock()
+        self._store_lock = threading.Lock()
