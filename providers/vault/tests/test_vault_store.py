@@ -165,3 +165,79 @@ def test_store_takes_an_api_key(bao: Any, secret_path: str, vault_env: pytest.Mo
     provider = provider_for(bao, secret_path)
     with pytest.raises(ConfigurationError, match="takes an ApiKey, got str"):
         provider.store(good_value("plain"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kv_version", [2, 1])
+def test_concurrent_stores_and_fetches_see_old_or_new_keys_only(
+    kv_version: int,
+    bao: Any,
+    bao_root: hvac.Client,
+    secret_path: str,
+    vault_env: pytest.MonkeyPatch,
+) -> None:
+    mount = "secret" if kv_version == 2 else "kv1"
+    start = good_value("start")
+    if kv_version == 2:
+        bao_root.secrets.kv.v2.create_or_update_secret(
+            path=secret_path, secret={"api_key": start, "note": "ops"}
+        )
+    else:
+        bao_root.secrets.kv.v1.create_or_update_secret(
+            path=secret_path, secret={"api_key": start, "note": "ops"}, mount_point=mount
+        )
+    provider = provider_for(bao, secret_path, mount_point=mount, kv_version=kv_version)
+    writers, per_writer, readers = 4, 5, 4
+    new_keys = [good_value(f"w{w}n{n}") for w in range(writers) for n in range(per_writer)]
+    allowed = {start, *new_keys}
+    versions: list[str | None] = []
+    outsiders: list[int] = []  # fetch counts that returned a key never stored
+    errors: list[str] = []
+    fetched = [0] * readers
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def write(index: int) -> None:
+        try:
+            for n in range(per_writer):
+                version = provider.store(ApiKey(new_keys[index * per_writer + n]))
+                with lock:
+                    versions.append(version)
+        except Exception as exc:  # reported below by type only
+            with lock:
+                errors.append(type(exc).__name__)
+
+    def read(index: int) -> None:
+        try:
+            while not done.is_set() or fetched[index] == 0:
+                key = provider.fetch()
+                fetched[index] += 1
+                if key.reveal() not in allowed:
+                    with lock:
+                        outsiders.append(fetched[index])
+        except Exception as exc:
+            with lock:
+                errors.append(type(exc).__name__)
+
+    reader_threads = [threading.Thread(target=read, args=(i,)) for i in range(readers)]
+    writer_threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in reader_threads + writer_threads:
+        thread.start()
+    for thread in writer_threads:
+        thread.join(timeout=JOIN_TIMEOUT)
+    done.set()
+    for thread in reader_threads:
+        thread.join(timeout=JOIN_TIMEOUT)
+    assert not any(t.is_alive() for t in reader_threads + writer_threads), "threads hung"
+
+    assert errors == []
+    assert outsiders == []
+    assert all(count > 0 for count in fetched)
+    assert len(versions) == writers * per_writer
+    if kv_version == 2:
+        # Serialized read-modify-writes: no check-and-set conflict, one version each.
+        assert sorted(int(str(v)) for v in versions) == list(range(2, 2 + len(versions)))
+        data = read_kv2(bao_root, secret_path)["data"]
+    else:
+        assert versions == [None] * len(versions)
+        data = bao_root.secrets.kv.v1.read_secret(path=secret_path, mount_point=mount)["data"]
+    assert data["note"] == "ops" and data["api_key"] in new_keys
