@@ -14,13 +14,12 @@ OpenBao behind a redirecting proxy.
 
 from __future__ import annotations
 
-import datetime
 import http.client
-import ipaddress
 import json
 import socket
 import ssl
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,10 +29,6 @@ from urllib.parse import urlsplit
 
 import hvac
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from scaling_credentials import ProviderError
 from scaling_credentials.testing import FakeClock
@@ -145,21 +140,28 @@ class Recorder:
 @dataclass
 class Answer:
     status: int
-    body: dict[str, Any] = field(default_factory=dict)
-    location: str | None = None
+    payload: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-Route = Callable[[str, str, bytes], Answer]
+def json_answer(status: int, document: dict[str, Any], location: str | None = None) -> Answer:
+    headers = [("Content-Type", "application/json")]
+    if location is not None:
+        headers.append(("Location", location))
+    return Answer(status, json.dumps(document).encode(), headers)
 
 
-class HostileVault:
-    """What the provider is configured to call: an HTTP(S) server on 127.0.0.1 whose
-    answers come from ``route(method, path, body)``."""
+Route = Callable[[str, str, dict[str, str], bytes], Answer]
+
+
+class LocalServer:
+    """An HTTP(S) server on 127.0.0.1 whose answers come from
+    ``route(method, path, headers, body)``; records the requests' methods and paths."""
 
     def __init__(self, route: Route, tls: ssl.SSLContext | None = None) -> None:
         self.route = route
         self.seen: list[tuple[str, str]] = []
-        hostile = self
+        local = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -170,18 +172,16 @@ class HostileVault:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                hostile.seen.append((self.command, self.path))
-                answer = hostile.route(self.command, self.path, body)
-                payload = json.dumps(answer.body).encode()
+                local.seen.append((self.command, self.path))
+                answer = local.route(self.command, self.path, dict(self.headers.items()), body)
                 self.send_response(answer.status)
-                if answer.location is not None:
-                    self.send_header("Location", answer.location)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
+                for name, value in answer.headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                self.wfile.write(answer.payload)
 
-            do_GET = do_POST = do_PUT = _handle
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         scheme = "http"
@@ -206,11 +206,12 @@ def recorder() -> Iterator[Recorder]:
 
 
 @pytest.fixture
-def hostile() -> Iterator[Callable[..., HostileVault]]:
-    started: list[HostileVault] = []
+def serve() -> Iterator[Callable[..., LocalServer]]:
+    """``serve(route, tls=None)`` starts a :class:`LocalServer`, stopped at the end."""
+    started: list[LocalServer] = []
 
-    def start(route: Route, tls: ssl.SSLContext | None = None) -> HostileVault:
-        started.append(HostileVault(route, tls))
+    def start(route: Route, tls: ssl.SSLContext | None = None) -> LocalServer:
+        started.append(LocalServer(route, tls))
         return started[-1]
 
     yield start
@@ -219,11 +220,11 @@ def hostile() -> Iterator[Callable[..., HostileVault]]:
 
 
 def lookup_self_answer() -> Answer:
-    return Answer(200, {"data": {"ttl": 0, "renewable": False, "policies": ["default"]}})
+    return json_answer(200, {"data": {"ttl": 0, "renewable": False, "policies": ["default"]}})
 
 
 def login_answer(ttl: int = 0, renewable: bool = False) -> Answer:
-    return Answer(
+    return json_answer(
         200,
         {
             "auth": {
@@ -237,23 +238,23 @@ def login_answer(ttl: int = 0, renewable: bool = False) -> Answer:
 
 
 def kv_answer() -> Answer:
-    return Answer(200, {"data": {"data": {"api_key": KEY}, "metadata": {"version": 3}}})
+    return json_answer(200, {"data": {"data": {"api_key": KEY}, "metadata": {"version": 3}}})
 
 
-def redirecting(target: str, redirected: Callable[[str], bool]) -> Route:
+def hostile_vault(target: str, redirected: Callable[[str], bool]) -> Route:
     """Answer like Vault, except that paths for which ``redirected(path)`` holds get a
     307 to ``target`` (the same path there)."""
 
-    def route(method: str, path: str, body: bytes) -> Answer:
+    def route(method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
         if redirected(path):
-            return Answer(307, location=target + path)
+            return json_answer(307, {}, location=target + path)
         if path == "/v1/auth/token/lookup-self":
             return lookup_self_answer()
         if path.startswith("/v1/auth/") and path.endswith("/login"):
             return login_answer()
         if path.startswith("/v1/secret/data/"):
             return kv_answer()
-        return Answer(404, {"errors": []})
+        return json_answer(404, {"errors": []})
 
     return route
 
@@ -269,21 +270,12 @@ def refused(provider: VaultProvider, recorder: Recorder, *secrets: str) -> Provi
     crossed = [index for index, secret in enumerate(secrets) if secret.encode() in received]
     assert crossed == [], "credentials reached the other origin"
     assert len(received) == 0, "the provider sent a request to the other origin"
-    texts = [str(link) for link in chain(error)] + [repr(vars(link)) for link in chain(error)]
+    rendered = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     for secret in secrets:
-        assert_no_secret(secret, *texts)
+        assert_no_secret(secret, rendered, repr(vars(error.__cause__)))
     assert recorder.origin in str(error), str(error)
     assert "redirect" in str(error)
     return error
-
-
-def chain(error: BaseException) -> list[BaseException]:
-    links: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and current not in links:
-        links.append(current)
-        current = current.__cause__ or current.__context__
-    return links
 
 
 # ---------------------------------------------------------------------------- tokens
@@ -297,34 +289,34 @@ def chain(error: BaseException) -> list[BaseException]:
 def test_token_is_not_sent_to_another_origin(
     redirected_path: str,
     recorder: Recorder,
-    hostile: Callable[..., HostileVault],
+    serve: Callable[..., LocalServer],
     vault_env: pytest.MonkeyPatch,
 ) -> None:
-    vault = hostile(redirecting(recorder.origin, lambda path: path == redirected_path))
+    vault = serve(hostile_vault(recorder.origin, lambda path: path == redirected_path))
     provider = VaultProvider("scaling/api", url=vault.url, auth=TokenAuth(TOKEN))
     refused(provider, recorder, TOKEN)
     assert (("GET", redirected_path)) in vault.seen
 
 
 def test_the_error_names_the_origin_only_never_the_location_path(
-    recorder: Recorder, hostile: Callable[..., HostileVault], vault_env: pytest.MonkeyPatch
+    recorder: Recorder, serve: Callable[..., LocalServer], vault_env: pytest.MonkeyPatch
 ) -> None:
     # A hostile Location may echo what it received; the message names scheme, host, port.
-    def route(method: str, path: str, body: bytes) -> Answer:
+    def route(method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
         if path == "/v1/auth/token/lookup-self":
             return lookup_self_answer()
-        return Answer(307, location=f"{recorder.origin}/steal?token={TOKEN}&key={KEY}")
+        return json_answer(307, {}, location=f"{recorder.origin}/steal?token={TOKEN}&key={KEY}")
 
-    vault = hostile(route)
+    vault = serve(route)
     provider = VaultProvider("scaling/api", url=vault.url, auth=TokenAuth(TOKEN))
     error = refused(provider, recorder, TOKEN, KEY)
     assert "/steal" not in str(error)
 
 
 def test_a_callers_client_is_guarded_too_and_left_unchanged(
-    recorder: Recorder, hostile: Callable[..., HostileVault], vault_env: pytest.MonkeyPatch
+    recorder: Recorder, serve: Callable[..., LocalServer], vault_env: pytest.MonkeyPatch
 ) -> None:
-    vault = hostile(redirecting(recorder.origin, lambda path: path.startswith("/v1/secret/")))
+    vault = serve(hostile_vault(recorder.origin, lambda path: path.startswith("/v1/secret/")))
     client = hvac.Client(url=vault.url, token=TOKEN)
     hooks_before = {name: list(hooks) for name, hooks in client.session.hooks.items()}
     provider = VaultProvider("scaling/api", client=client)
@@ -368,7 +360,7 @@ def test_scheme_or_port_change_is_another_origin() -> None:
 def test_login_credentials_are_not_reposted_to_another_origin(
     method: str,
     recorder: Recorder,
-    hostile: Callable[..., HostileVault],
+    serve: Callable[..., LocalServer],
     vault_env: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
@@ -382,23 +374,23 @@ def test_login_credentials_are_not_reposted_to_another_origin(
     else:
         auth, secrets = JWTAuth("app", jwt_file), (JWT,)
     login_path = f"/v1/auth/{method}/login"
-    vault = hostile(redirecting(recorder.origin, lambda path: path == login_path))
+    vault = serve(hostile_vault(recorder.origin, lambda path: path == login_path))
     provider = VaultProvider("scaling/api", url=vault.url, auth=auth)
     refused(provider, recorder, *secrets, *JWT.split("."))
     assert vault.seen == [("POST", login_path)]
 
 
 def test_renewal_does_not_send_the_token_to_another_origin(
-    recorder: Recorder, hostile: Callable[..., HostileVault], vault_env: pytest.MonkeyPatch
+    recorder: Recorder, serve: Callable[..., LocalServer], vault_env: pytest.MonkeyPatch
 ) -> None:
     renew = "/v1/auth/token/renew-self"
 
-    def route(method: str, path: str, body: bytes) -> Answer:
+    def route(method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
         if path == "/v1/auth/approle/login":
             return login_answer(ttl=30, renewable=True)
-        return redirecting(recorder.origin, lambda p: p == renew)(method, path, body)
+        return hostile_vault(recorder.origin, lambda p: p == renew)(method, path, headers, body)
 
-    vault = hostile(route)
+    vault = serve(route)
     clock = FakeClock()
     provider = VaultProvider(
         "scaling/api", url=vault.url, auth=AppRoleAuth(ROLE_ID, SECRET_ID), clock=clock
@@ -412,52 +404,22 @@ def test_renewal_does_not_send_the_token_to_another_origin(
 # ---------------------------------------------------------------------------- https -> http
 
 
-def tls_context(tmp_path: Path) -> tuple[ssl.SSLContext, str]:
-    """A server context with a self-signed certificate for 127.0.0.1, and the CA file."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    return context, str(cert_file)
-
-
 def test_https_to_http_downgrade_is_refused(
     recorder: Recorder,
-    hostile: Callable[..., HostileVault],
+    serve: Callable[..., LocalServer],
     vault_env: pytest.MonkeyPatch,
-    tmp_path: Path,
+    self_signed: Any,
 ) -> None:
-    context, ca_file = tls_context(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(self_signed.cert_file, self_signed.key_file)
     login_path = "/v1/auth/approle/login"
-    vault = hostile(redirecting(recorder.origin, lambda path: path == login_path), tls=context)
+    vault = serve(hostile_vault(recorder.origin, lambda path: path == login_path), tls=context)
     assert vault.url.startswith("https://")
     provider = VaultProvider(
-        "scaling/api", url=vault.url, auth=AppRoleAuth(ROLE_ID, SECRET_ID), verify=ca_file
+        "scaling/api",
+        url=vault.url,
+        auth=AppRoleAuth(ROLE_ID, SECRET_ID),
+        verify=str(self_signed.cert_file),
     )
     refused(provider, recorder, ROLE_ID, SECRET_ID)
 
@@ -465,86 +427,59 @@ def test_https_to_http_downgrade_is_refused(
 # ---------------------------------------------------------------------------- same origin
 
 
-class RedirectingProxy:
-    """A reverse proxy on 127.0.0.1 in front of a real OpenBao that answers the first
-    request for each path with a 307 to ``/active`` + the path on its own origin (as a
-    standby points to the active node), alternating absolute and relative Locations, and
-    forwards requests under ``/active`` to OpenBao."""
+def redirecting_proxy(upstream: str, origin: Callable[[], str]) -> Route:
+    """A reverse proxy in front of a real OpenBao that answers the first request for each
+    path with a 307 to ``/active`` + the path on its own ``origin()`` (as a standby points
+    to the active node), alternating absolute and relative Locations, and forwards
+    requests under ``/active`` to ``upstream``."""
+    target = urlsplit(upstream)
+    redirects = 0
 
-    def __init__(self, upstream: str) -> None:
-        target = urlsplit(upstream)
-        self.redirects = 0
-        proxy = self
+    def route(method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
+        nonlocal redirects
+        if not path.startswith("/active/"):
+            redirects += 1
+            location = "/active" + path
+            return Answer(
+                307, headers=[("Location", (origin() if redirects % 2 else "") + location)]
+            )
+        forwarded = {k: v for k, v in headers.items() if k.lower() != "host"}
+        connection = http.client.HTTPConnection(
+            str(target.hostname), target.port, timeout=IO_TIMEOUT
+        )
+        try:
+            connection.request(method, path[len("/active") :], body=body, headers=forwarded)
+            answer = connection.getresponse()
+            payload = answer.read()
+        finally:
+            connection.close()
+        skipped = ("content-length", "connection", "transfer-encoding")
+        kept = [(k, v) for k, v in answer.getheaders() if k.lower() not in skipped]
+        return Answer(answer.status, payload, kept)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                if not self.path.startswith("/active/"):
-                    proxy.redirects += 1
-                    location = "/active" + self.path
-                    if proxy.redirects % 2:
-                        location = proxy.url + location
-                    self.send_response(307)
-                    self.send_header("Location", location)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                upstream_conn = http.client.HTTPConnection(
-                    str(target.hostname), target.port, timeout=IO_TIMEOUT
-                )
-                try:
-                    upstream_conn.request(
-                        self.command, self.path[len("/active") :], body=body, headers=headers
-                    )
-                    answer = upstream_conn.getresponse()
-                    payload = answer.read()
-                finally:
-                    upstream_conn.close()
-                self.send_response(answer.status)
-                for name, value in answer.getheaders():
-                    if name.lower() not in ("content-length", "connection", "transfer-encoding"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _handle
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=IO_TIMEOUT)
+    return route
 
 
 def test_same_origin_redirect_is_followed(
     bao: Any,
-    bao_root: hvac.Client,
     secret_path: str,
     write_kv2: Callable[..., int],
+    serve: Callable[..., LocalServer],
     vault_env: pytest.MonkeyPatch,
 ) -> None:
     version = write_kv2(secret_path, {"api_key": KEY})
-    proxy = RedirectingProxy(bao.url)
-    try:
-        provider = VaultProvider(secret_path, url=proxy.url, auth=TokenAuth(bao.root_token))
-        key = provider.fetch()
-        assert key.reveal() == KEY
-        assert key.version == str(version)
-        assert proxy.redirects >= 2  # the login's lookup-self and the read were redirected
-    finally:
-        proxy.stop()
+    proxy = serve(redirecting_proxy(bao.url, lambda: proxy.url))
+    provider = VaultProvider(secret_path, url=proxy.url, auth=TokenAuth(bao.root_token))
+    key = provider.fetch()
+    assert key.reveal() == KEY
+    assert key.version == str(version)
+    # The login's lookup-self and the read, each redirected once, then served.
+    assert [path for _, path in proxy.seen] == [
+        "/v1/auth/token/lookup-self",
+        "/active/v1/auth/token/lookup-self",
+        f"/v1/secret/data/{secret_path}",
+        f"/active/v1/secret/data/{secret_path}",
+    ]
 
 
 def test_a_callers_session_hooks_still_run(

@@ -21,6 +21,8 @@ from .conftest import READ_POLICY
 
 JOIN_TIMEOUT = 60.0
 
+pytestmark = pytest.mark.usefixtures("vault_env")  # no Vault settings of the developer's
+
 
 def provider_for(bao: Any, path: str, **options: Any) -> VaultProvider:
     options.setdefault("auth", TokenAuth(bao.root_token))
@@ -43,7 +45,6 @@ def test_kv2_store_writes_a_new_version_keeping_the_other_fields(
     bao_root: hvac.Client,
     secret_path: str,
     write_kv2: Callable[..., int],
-    vault_env: pytest.MonkeyPatch,
 ) -> None:
     old, new = good_value("old"), good_value("new")
     first = write_kv2(secret_path, {"api_key": old, "note": "ops", "limit": 5})
@@ -66,7 +67,6 @@ def test_kv2_store_creates_the_secret_and_writes_after_a_deleted_version(
     bao: Any,
     bao_root: hvac.Client,
     secret_path: str,
-    vault_env: pytest.MonkeyPatch,
 ) -> None:
     provider = provider_for(bao, secret_path, field="token")
     first, second = good_value("first"), good_value("second")
@@ -80,7 +80,6 @@ def test_kv1_store_overwrites_keeping_the_other_fields_and_warns(
     bao: Any,
     bao_root: hvac.Client,
     secret_path: str,
-    vault_env: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="scaling_credentials")
@@ -106,7 +105,6 @@ def test_kv2_store_detects_a_concurrent_writer(
     bao_root: hvac.Client,
     secret_path: str,
     write_kv2: Callable[..., int],
-    vault_env: pytest.MonkeyPatch,
 ) -> None:
     mine, theirs = good_value("mine"), good_value("theirs")
     first = write_kv2(secret_path, {"api_key": good_value("orig"), "note": "ops"})
@@ -141,7 +139,6 @@ def test_store_without_write_policy_names_the_capabilities(
     bao_root: hvac.Client,
     secret_path: str,
     write_kv2: Callable[..., int],
-    vault_env: pytest.MonkeyPatch,
 ) -> None:
     write_kv2(secret_path, {"api_key": good_value("readable")})
     token = bao_root.auth.token.create(policies=[READ_POLICY], ttl="10m")["auth"]["client_token"]
@@ -161,7 +158,7 @@ def test_store_without_write_policy_names_the_capabilities(
     assert_no_secret(token, message, repr(info.value.__cause__))
 
 
-def test_store_takes_an_api_key(bao: Any, secret_path: str, vault_env: pytest.MonkeyPatch) -> None:
+def test_store_takes_an_api_key(bao: Any, secret_path: str) -> None:
     provider = provider_for(bao, secret_path)
     with pytest.raises(ConfigurationError, match="takes an ApiKey, got str"):
         provider.store(good_value("plain"))  # type: ignore[arg-type]
@@ -173,7 +170,6 @@ def test_concurrent_stores_and_fetches_see_old_or_new_keys_only(
     bao: Any,
     bao_root: hvac.Client,
     secret_path: str,
-    vault_env: pytest.MonkeyPatch,
 ) -> None:
     mount = "secret" if kv_version == 2 else "kv1"
     start = good_value("start")
