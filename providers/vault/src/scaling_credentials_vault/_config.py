@@ -230,7 +230,8 @@ def _from_client(client: Any) -> dict[str, Any]:
 
 
 def options_from_uri(uri: SourceURI) -> dict[str, Any]:
-    """:class:`VaultProvider`'s arguments for ``vault:PATH?mount=M&field=F&kv=2&auth=...``.
+    """:class:`VaultProvider`'s arguments for a ``vault:`` source URI (the parameters are
+    those of :meth:`VaultProvider.from_uri`).
 
     Credentials are refused in the URI (a URI ends up in logs and process listings); the
     auth method reads them from the environment (:func:`auth_from_params`).
