@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from scaling_credentials import (
+    ConfigurationError,
     EnvProvider,
     ScalingAPIError,
     ScalingAuth,
@@ -385,7 +386,8 @@ def test_success_from_the_fake(scaling_api: FakeScalingAPI) -> None:
 # ====================================================================== the clients
 
 
-def test_scaling_client_defaults() -> None:
+def test_scaling_client_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SCALING_API_BASE_URL", raising=False)
     with scaling_client(MemoryProvider(KEY)) as client:
         assert isinstance(client, httpx.Client)
         assert str(client.base_url).rstrip("/") == "https://api.scaling.cloud/v1"
@@ -399,7 +401,9 @@ def test_scaling_client_defaults() -> None:
         assert_no_secret(KEY, repr(client.auth), str(client.headers))
 
 
-def test_async_scaling_client_defaults() -> None:
+def test_async_scaling_client_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SCALING_API_BASE_URL", raising=False)
+
     async def scenario() -> None:
         async with async_scaling_client(MemoryProvider(KEY)) as client:
             assert isinstance(client, httpx.AsyncClient)
@@ -427,6 +431,83 @@ def test_scaling_client_options() -> None:
         assert client.headers["X-Extra"] == "1"
         assert client.headers["Accept"] == "application/json"
         assert client.timeout == httpx.Timeout(3.0)
+
+
+def test_base_url_comes_from_scaling_api_base_url(
+    scaling_api: FakeScalingAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCALING_API_BASE_URL", scaling_api.url)
+    key = scaling_api.issue_key()
+    provider = EnvProvider("K", environ={"K": key})
+    with scaling_client(provider) as client:
+        assert raise_for_scaling_error(client.get("/oncall/schedules")).status_code == 200
+
+    async def scenario() -> int:
+        async with async_scaling_client(provider) as client:
+            return (await client.get("/oncall/schedules")).status_code
+
+    assert asyncio.run(scenario()) == 200
+    assert [r.path for r in scaling_api.requests] == ["/v1/oncall/schedules"] * 2
+
+
+def test_an_explicit_base_url_wins_over_scaling_api_base_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SCALING_API_BASE_URL", "http://127.0.0.1:9/v1")
+    with scaling_client(MemoryProvider(KEY), base_url="https://eu.api.scaling.cloud/v1") as c:
+        assert str(c.base_url).rstrip("/") == "https://eu.api.scaling.cloud/v1"
+
+    async def scenario() -> str:
+        explicit = "https://eu.api.scaling.cloud/v1"
+        async with async_scaling_client(MemoryProvider(KEY), base_url=explicit) as client:
+            return str(client.base_url).rstrip("/")
+
+    assert asyncio.run(scenario()) == "https://eu.api.scaling.cloud/v1"
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_scaling_api_base_url_means_the_default(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCALING_API_BASE_URL", value)
+    with scaling_client(MemoryProvider(KEY)) as client:
+        assert str(client.base_url).rstrip("/") == "https://api.scaling.cloud/v1"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "api.scaling.cloud/v1",  # no scheme
+        "ftp://api.scaling.cloud/v1",
+        "https:///v1",  # no host
+        "https://[::1/v1",  # unparseable
+        "https://user:secret@api.scaling.cloud/v1",  # credentials
+    ],
+)
+@pytest.mark.parametrize("factory", [scaling_client, async_scaling_client])
+def test_a_malformed_scaling_api_base_url_is_a_configuration_error(
+    value: str, factory: Callable[..., object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCALING_API_BASE_URL", value)
+    with pytest.raises(ConfigurationError, match="SCALING_API_BASE_URL") as caught:
+        factory(MemoryProvider(KEY))
+    assert_no_secret("secret", str(caught.value), repr(caught.value))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [KEY, f"https://api.scaling.cloud/v1?key={KEY}", f"https://{KEY}@api.scaling.cloud/v1"],
+    ids=["bare-key", "in-the-query", "as-userinfo"],
+)
+def test_a_key_in_scaling_api_base_url_is_never_echoed(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCALING_API_BASE_URL", value)
+    with pytest.raises(ConfigurationError, match="SCALING_API_BASE_URL") as caught:
+        scaling_client(MemoryProvider(KEY))
+    error = caught.value
+    chained = f"{error.__cause__!r} {error.__context__!r}"
+    assert_no_secret(KEY.removeprefix("scl_live_"), str(error), repr(error), chained)
 
 
 def test_scaling_client_passes_ttl_to_the_cache() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -357,6 +358,57 @@ def test_check_refuses_to_send_the_key_elsewhere(base_url: str, run_main: RunMai
     no_secret(key, proc)
 
 
+def test_check_uses_scaling_api_base_url(api: FakeScalingAPI, run_main: RunMain) -> None:
+    key = api.issue_key()
+    proc = run_main("check", env={"SCALING_API_KEY": key, "SCALING_API_BASE_URL": api.url})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"GET {api.url}/oncall/schedules answered 200" in proc.stdout
+    assert len(api.requests) == 1
+
+
+def test_check_base_url_option_wins_over_the_variable(
+    api: FakeScalingAPI, run_main: RunMain
+) -> None:
+    key = api.issue_key()
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    env = {"SCALING_API_KEY": key, "SCALING_API_BASE_URL": dead}
+    proc = run_main("check", "--base-url", api.url, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(api.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["api.scaling.cloud/v1", "ftp://api.scaling.cloud/v1", "https://user:pw@api.scaling.cloud/v1"],
+    ids=["no-scheme", "wrong-scheme", "credentials"],
+)
+def test_check_malformed_scaling_api_base_url_exits_2_naming_it(
+    value: str, run_main: RunMain
+) -> None:
+    key = "scl_live_" + "n0tsent" * 4
+    proc = run_main("check", env={"SCALING_API_KEY": key, "SCALING_API_BASE_URL": value})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = error_lines(proc)
+    assert "SCALING_API_BASE_URL" in line
+    assert "pw@" not in line
+    no_secret(key, proc)
+
+
+@pytest.mark.parametrize("where", ["variable", "option"])
+def test_check_never_echoes_a_key_given_as_the_base_url(where: str, run_main: RunMain) -> None:
+    key = f"scl_live_{LEAK_MARKER}base"
+    pasted = f"https://api.scaling.cloud/v1?key={key}"
+    if where == "variable":
+        proc = run_main("check", env={"SCALING_API_KEY": key, "SCALING_API_BASE_URL": pasted})
+        assert "SCALING_API_BASE_URL" in proc.stderr
+    else:
+        proc = run_main("check", "--base-url", key, env={"SCALING_API_KEY": key})
+        assert "--base-url" in proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(error_lines(proc)) == 1, proc.stderr
+    no_secret(key, proc)
+
+
 def test_check_unreachable_exits_1() -> None:
     key = "scl_live_" + "unreach" * 4
     url = f"http://127.0.0.1:{free_port()}/v1"
@@ -541,3 +593,64 @@ def test_check_server_error_without_json_body_exits_1(
     assert "try again later" in proc.stdout
     assert api.requests[-1].request_id in proc.stdout  # from the X-Request-Id header
     no_secret(key, proc)
+
+
+# --------------------------------------------------------------------------- docs/cli.md
+
+CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+_VARYING = [
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<requestId>"),
+    (re.compile(r"scl_live_\*\*\*\*\S{4}"), "scl_live_****<last4>"),
+    (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:<port>"),
+    (re.compile(r"\d+(\.\d+)? ms"), "<n> ms"),
+]
+
+
+def as_documented(text: str) -> str:
+    """What may differ between runs (ids, keys, ports, timings) replaced by placeholders."""
+    for pattern, placeholder in _VARYING:
+        text = pattern.sub(placeholder, text)
+    return text
+
+
+def assert_quoted_in_cli_doc(*outputs: str) -> None:
+    doc = as_documented(CLI_DOC.read_text(encoding="utf-8"))
+    missing = [
+        line
+        for output in outputs
+        for line in as_documented(output).splitlines()
+        if line.strip() and line not in doc
+    ]
+    assert not missing, "docs/cli.md must quote the program's output as it is:\n" + "\n".join(
+        missing
+    )
+
+
+def test_cli_doc_quotes_check_and_its_warning(api: FakeScalingAPI, run_main: RunMain) -> None:
+    key = api.issue_key()
+    ok = run_main("check", "--base-url", api.url, env={"SCALING_API_KEY": key})
+    api.revoke(key)
+    revoked = run_main("check", "--base-url", api.url, env={"SCALING_API_KEY": key})
+    quiet = run_main("check", "--base-url", api.url, "--quiet", env={"SCALING_API_KEY": key})
+    assert (ok.returncode, revoked.returncode, quiet.returncode) == (0, 1, 1)
+    assert "warning: Scaling API rejected key" in revoked.stderr
+    assert_quoted_in_cli_doc(ok.stdout, revoked.stdout, revoked.stderr, quiet.stderr)
+
+
+def test_cli_doc_quotes_the_errors(run_main: RunMain) -> None:
+    key = "scl_live_" + "d0cum3nt" * 3
+    refused = run_main(
+        "check", "--base-url", "https://example.com/v1", env={"SCALING_API_KEY": key}
+    )
+    bearer = run_main(
+        "check", "--base-url", "http://127.0.0.1:9/v1", env={"SCALING_API_KEY": f"Bearer {key}"}
+    )
+    missing = run_main("resolve", "--source", "file:/run/secrets/scaling/api-key")
+    assert (refused.returncode, bearer.returncode, missing.returncode) == (2, 2, 2)
+    assert_quoted_in_cli_doc(refused.stderr, bearer.stderr, missing.stderr)
+
+
+def test_cli_doc_quotes_resolve(api: FakeScalingAPI, run_main: RunMain) -> None:
+    proc = run_main("resolve", env={"SCALING_API_KEY": api.issue_key()})
+    assert proc.returncode == 0
+    assert_quoted_in_cli_doc(proc.stdout)

@@ -383,7 +383,8 @@ def test_world_readable_file_is_warned_about_once(
     message = record.getMessage()
     assert str(path) in message
     assert "644" in message
-    assert "0400" in message
+    assert "chmod 0400" in message
+    assert "defaultMode: 0440" in message and "fsGroup" in message
     assert_no_secret(MARKER, caplog.text)
 
 

@@ -70,6 +70,7 @@ TOOLKIT = [
     "after_fork",
     "decode_text",
     "field_from_json",
+    "field_from_object",
     "flag",
     "format_query",
     "get_logger",

@@ -26,6 +26,7 @@ from scaling_credentials.toolkit import (
     after_fork,
     decode_text,
     field_from_json,
+    field_from_object,
     flag,
     format_query,
     get_logger,
@@ -94,6 +95,33 @@ def test_field_names_that_look_like_keys_are_masked() -> None:
 def test_field_from_json_errors(document: str, fragment: str) -> None:
     with pytest.raises(InvalidKeyFormatError, match=fragment):
         field_from_json(document, "api_key", name="src")
+
+
+@pytest.mark.parametrize(
+    ("document", "fragment"),
+    [
+        ([1, 2], "got a JSON array"),
+        (None, "got a JSON null"),
+        ({"api_key": 5}, "is a JSON number"),
+        ({"api_key": {"nested": SECRET}}, "is a JSON object"),
+        (
+            {"token": "x", SECRET: "y"},
+            "has no field 'api_key' (fields present: 'scl_live_****",
+        ),
+    ],
+)
+def test_field_from_object_errors_name_the_problem_never_the_value(
+    document: object, fragment: str
+) -> None:
+    with pytest.raises(InvalidKeyFormatError) as info:
+        field_from_object(document, "api_key", name="vault:scaling/api")
+    assert str(info.value).startswith("vault:scaling/api: ")
+    assert fragment in str(info.value)
+    assert_no_secret_anywhere(info.value, SECRET)
+
+
+def test_field_from_object_returns_the_string_field() -> None:
+    assert field_from_object({"api_key": SECRET, "other": 1}, "api_key", name="x") == SECRET
 
 
 def test_decode_text_keeps_no_decode_error_holding_the_bytes() -> None:

@@ -7,6 +7,10 @@ connection pool. Nothing is fetched at import time: the first request fetches th
 and the cache then serves it for SCALING_API_KEY_TTL seconds. When the API answers
 ``401 invalid_api_key`` after a rotation, the auth fetches the new key and retries once.
 
+Failures become a logged error and a structured answer, never a stack trace for the
+caller: the API's error (502, with its requestId), no key (503: the source is missing,
+unreadable or down, or holds no valid key), the API unreachable (502) or too slow (504).
+
 Environment (see README.md):
 
     SCALING_API_KEY_SOURCE   aws-lambda-extension:prod/scaling-api-key   (no boto3 import)
@@ -24,12 +28,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any
+
+import httpx
 
 from scaling_credentials import (
     KeyCache,
     ScalingAPIError,
+    ScalingCredentialsError,
     provider_from_env,
     raise_for_scaling_error,
     scaling_client,
@@ -38,20 +44,22 @@ from scaling_credentials import (
 logging.getLogger().setLevel(logging.INFO)  # key changes and refetches are INFO lines
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
 
-BASE_URL = os.environ.get("SCALING_API_BASE_URL", "https://api.scaling.cloud/v1")
-
 # Module level: built once per execution environment, reused by every invocation.
 # provider_from_env() reads SCALING_API_KEY_SOURCE (else SCALING_API_KEY, else
-# SCALING_API_KEY_FILE); KeyCache reads SCALING_API_KEY_TTL.
+# SCALING_API_KEY_FILE); KeyCache reads SCALING_API_KEY_TTL; scaling_client() reads
+# SCALING_API_BASE_URL.
 CACHE = KeyCache(provider_from_env())
-CLIENT = scaling_client(CACHE, base_url=BASE_URL, timeout=10.0)
+CLIENT = scaling_client(CACHE, timeout=10.0)
+
+
+def _error(status: int, error: str, **details: Any) -> dict[str, Any]:
+    return {"statusCode": status, "body": json.dumps({"error": error, **details})}
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """List the on-call schedules; the key is fetched at most once per TTL."""
-    response = CLIENT.get("/oncall/schedules")
     try:
-        raise_for_scaling_error(response)
+        response = raise_for_scaling_error(CLIENT.get("/oncall/schedules"))
     except ScalingAPIError as error:
         # The requestId is what Scaling support asks for; the key is never logged.
         logging.error(
@@ -60,7 +68,18 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             error.code,
             error.request_id,
         )
-        return {"statusCode": 502, "body": json.dumps({"requestId": error.request_id})}
+        return _error(502, "scaling_api_error", requestId=error.request_id)
+    except ScalingCredentialsError as error:
+        # ProviderError (the source is down or the secret is missing), a malformed key:
+        # the message names the source and what to fix, never the key.
+        logging.error("no Scaling API key from %s: %s", CACHE.describe(), error)
+        return _error(503, "scaling_api_key_unavailable")
+    except httpx.TimeoutException as error:
+        logging.error("Scaling API did not answer in time: %s", type(error).__name__)
+        return _error(504, "scaling_api_timeout")
+    except httpx.TransportError as error:  # ConnectError and other network failures
+        logging.error("Scaling API unreachable: %s: %s", type(error).__name__, error)
+        return _error(502, "scaling_api_unreachable")
     schedules = response.json()["data"]
     return {
         "statusCode": 200,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import httpx
 
-from ._errors import ScalingAPIError
+from ._errors import ConfigurationError, ScalingAPIError
 from ._version import __version__
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.scaling.cloud/v1"
+BASE_URL_VARIABLE = "SCALING_API_BASE_URL"
 # Error bodies are a few hundred bytes; anything far larger is not the documented JSON.
 MAX_ERROR_BODY = 64 * 1024
 USER_AGENT = f"scaling-credentials/{__version__} python-httpx/{httpx.__version__}"
@@ -211,8 +213,46 @@ def raise_for_scaling_error(response: httpx.Response) -> httpx.Response:
     )
 
 
-def _client_options(source: object, base_url: str, options: dict[str, Any]) -> dict[str, Any]:
+def check_base_url(text: str, *, setting: str) -> str:
+    """``text`` when it is an http(s) URL with a host and no credentials; else a
+    :class:`ConfigurationError` that names ``setting`` (the variable or option it came
+    from) and quotes the value only when it cannot hold a key or a password."""
+    if "scl_live_" in text:
+        raise ConfigurationError(
+            f"{setting} contains an API key (scl_live_...); it is the API's address, such as "
+            f"{DEFAULT_BASE_URL}: put the key in its source (SCALING_API_KEY_SOURCE, "
+            "SCALING_API_KEY or SCALING_API_KEY_FILE)"
+        )
+    try:
+        url: httpx.URL | None = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        url = None
+    if url is not None and url.userinfo:
+        raise ConfigurationError(
+            f"{setting} must not hold credentials (user:password@); remove them"
+        )
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ConfigurationError(
+            f"{setting} must be an http(s) URL such as {DEFAULT_BASE_URL}, got {shown!r}"
+        )
+    return text
+
+
+def default_base_url(environ: Mapping[str, str] | None = None) -> str:
+    """``SCALING_API_BASE_URL`` when it is set and not blank (checked with
+    :func:`check_base_url`), else :data:`DEFAULT_BASE_URL`."""
+    value = (os.environ if environ is None else environ).get(BASE_URL_VARIABLE, "").strip()
+    return check_base_url(value, setting=BASE_URL_VARIABLE) if value else DEFAULT_BASE_URL
+
+
+def _client_options(
+    source: object, base_url: str | None, options: dict[str, Any]
+) -> dict[str, Any]:
     from ._auth import ScalingAuth
+
+    if base_url is None:
+        base_url = default_base_url()
 
     auth = options.pop("auth", None)
     ttl = options.pop("ttl", None)
@@ -232,20 +272,22 @@ def _client_options(source: object, base_url: str, options: dict[str, Any]) -> d
 
 
 def scaling_client(
-    source: object = None, *, base_url: str = DEFAULT_BASE_URL, **httpx_options: Any
+    source: object = None, *, base_url: str | None = None, **httpx_options: Any
 ) -> httpx.Client:
     """An :class:`httpx.Client` for the Scaling API with :class:`ScalingAuth`, JSON content
     type, a project User-Agent and timeouts (5 s connect, 30 s otherwise).
 
     ``source`` is what :class:`ScalingAuth` takes (a provider, a cache, a source URI, or
     ``None`` for the environment); ``ttl`` and ``allowed_hosts`` are passed to it; every
-    other keyword goes to :class:`httpx.Client`.
+    other keyword goes to :class:`httpx.Client`. ``base_url`` defaults to
+    ``SCALING_API_BASE_URL`` when that is set, else ``https://api.scaling.cloud/v1``; a
+    malformed ``SCALING_API_BASE_URL`` raises :class:`ConfigurationError`.
     """
     return httpx.Client(**_client_options(source, base_url, httpx_options))
 
 
 def async_scaling_client(
-    source: object = None, *, base_url: str = DEFAULT_BASE_URL, **httpx_options: Any
+    source: object = None, *, base_url: str | None = None, **httpx_options: Any
 ) -> httpx.AsyncClient:
     """Like :func:`scaling_client`, returning an :class:`httpx.AsyncClient`."""
     return httpx.AsyncClient(**_client_options(source, base_url, httpx_options))

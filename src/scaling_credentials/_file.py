@@ -107,7 +107,8 @@ class FileProvider(Provider):
             return
         logger.warning(
             "%s is readable by every user on this host (mode %o); restrict it to the "
-            "service's user (chmod 0400, or defaultMode: 0400 on a Kubernetes secret volume)",
+            "service: chmod 0400 when the service's user owns the file; on a Kubernetes "
+            "secret volume (files owned by root), defaultMode: 0440 with the pod's fsGroup",
             self.describe(),
             stat.S_IMODE(mode),
         )

@@ -202,9 +202,9 @@ def _load_factory(scheme: str) -> Callable[[SourceURI], Provider]:
 
 
 def provider_from_uri(uri: str) -> Provider:
-    """Build a provider from a source URI such as ``env:NAME``, ``file:/path?field=F``,
-    ``aws-sm:SECRET_ID?field=F&region=R``, ``aws-lambda-extension:SECRET_ID`` or
-    ``vault:PATH?mount=M&field=F``.
+    """Build a provider from a source URI such as ``env:SCALING_API_KEY``,
+    ``file:/run/secrets/scaling?field=api_key``, ``aws-sm:prod/scaling?region=eu-west-1``
+    or ``vault:scaling/api`` (every scheme and parameter: docs/configuration.md).
 
     Raises :class:`ConfigurationError` for a malformed URI or an unknown scheme (naming
     the extra to install for a first-party one).

@@ -14,7 +14,7 @@ from ._errors import InvalidKeyFormatError, ScalingCredentialsError
 from ._key import ApiKey
 from ._redact import redact
 
-__all__ = ["decode_text", "field_from_json", "json_type", "make_key"]
+__all__ = ["decode_text", "field_from_json", "field_from_object", "json_type", "make_key"]
 
 
 def decode_text(
@@ -69,6 +69,17 @@ def field_from_json(text: str, field: str, *, name: str) -> str:
             f"{name}: expected a JSON object with field {redact(repr(field))}, but the "
             f"content is not valid JSON ({problem})"
         )
+    return field_from_object(document, field, name=name)
+
+
+def field_from_object(document: object, field: str, *, name: str) -> str:
+    """Field ``field`` (a string) of ``document``, a JSON object already decoded (a
+    ``dict``, such as the data of a Vault KV secret or a parsed ``SecretString``).
+
+    Raises :class:`InvalidKeyFormatError` naming ``name`` when ``document`` is not an
+    object, lacks the field (listing the fields present, masked where one looks like a
+    key) or holds something other than a string there.
+    """
     if not isinstance(document, dict):
         raise InvalidKeyFormatError(
             f"{name}: expected a JSON object with field {redact(repr(field))}, got a JSON "

@@ -4,6 +4,7 @@ Subcommands::
 
     resolve    [--source URI] [--json] [--reveal] [--timeout S]
     check      [--source URI] [--base-url URL] [--timeout S] [--quiet] [--json]
+               (--base-url defaults to SCALING_API_BASE_URL, else the public API)
     providers  [--json]
     demo       [--duration S] [--threads N] [--tasks N] [--rotations N] [--source URI] [--json]
 
@@ -247,19 +248,13 @@ def _cmd_resolve(args: argparse.Namespace, out: _Out) -> int:
 # --------------------------------------------------------------------------- check
 
 
-def _base_url(text: str) -> httpx.URL:
-    try:
-        url = httpx.URL(text)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise CLIError(
-            "--base-url must be an http(s) URL such as https://api.scaling.cloud/v1, "
-            f"got {redact(repr(text[:80]))}"
-        )
-    if url.userinfo:
-        raise CLIError("--base-url must not hold credentials (user:password@); remove them")
-    return url
+def _base_url(option: str | None) -> httpx.URL:
+    """``--base-url`` when given, else ``SCALING_API_BASE_URL``, else the default; a
+    malformed value is a configuration error naming where it came from."""
+    from ._api import check_base_url, default_base_url
+
+    text = default_base_url() if option is None else check_base_url(option, setting="--base-url")
+    return httpx.URL(text)
 
 
 @dataclass(frozen=True)
@@ -534,11 +529,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
 
 
+# The grammar as docs/configuration.md spells it (tests/test_docs_uri_grammar.py checks).
 SOURCE_HELP = (
-    "where the key comes from, as a source URI (env:NAME, file:/path[?field=F], "
-    "aws-sm:SECRET_ID[?field=F&region=R], aws-lambda-extension:SECRET_ID, "
-    "vault:PATH[?mount=M&field=F]); default: SCALING_API_KEY_SOURCE, else "
-    "SCALING_API_KEY, else SCALING_API_KEY_FILE"
+    "where the key comes from, as a source URI: env:NAME, file:/path[?field=F], "
+    "aws-sm:SECRET_ID[?field=F&region=R&stage=S&version_id=V], "
+    "aws-lambda-extension:SECRET_ID[?field=F&stage=S&version_id=V&port=P], "
+    "vault:PATH[?mount=M&field=F&kv=2&auth=...&role=R&auth_mount=A&namespace=N]; default: "
+    "SCALING_API_KEY_SOURCE, else SCALING_API_KEY, else SCALING_API_KEY_FILE"
 )
 
 
@@ -618,9 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--source", metavar="URI", help=SOURCE_HELP)
     check.add_argument(
         "--base-url",
-        default="https://api.scaling.cloud/v1",
         metavar="URL",
-        help="the API's base URL (default https://api.scaling.cloud/v1)",
+        help=(
+            "the API's base URL (default: SCALING_API_BASE_URL, else https://api.scaling.cloud/v1)"
+        ),
     )
     check.add_argument(
         "--allow-host",

@@ -5,9 +5,10 @@ provider should be a small file that uses them too (see docs/writing-a-provider.
 
 Values and keys
     :func:`make_key` builds the :class:`~scaling_credentials.ApiKey` with an error that
-    names the source; :func:`decode_text` and :func:`field_from_json` turn raw bytes and
-    JSON documents into the key's text. None of them ever quotes the value, nor keeps the
-    decoder's exception (which holds the document) in the chain.
+    names the source; :func:`decode_text`, :func:`field_from_json` and
+    :func:`field_from_object` turn raw bytes, JSON documents and decoded JSON objects
+    (a Vault KV secret's data) into the key's text. None of them ever quotes the value,
+    nor keeps the decoder's exception (which holds the document) in the chain.
 Files
     :func:`read_capped_file` reads a small secret file: capped, never blocking on a
     FIFO, surviving the kubelet's ``..data`` swap, with errors that say what to fix.
@@ -32,7 +33,7 @@ from ._fork import PerProcess, after_fork
 from ._key import KEY_PREFIX, mask
 from ._options import flag, format_query, port_number, seconds, text_option, whole_number
 from ._redact import get_logger, looks_like_key, redact
-from ._values import decode_text, field_from_json, json_type, make_key
+from ._values import decode_text, field_from_json, field_from_object, json_type, make_key
 
 __all__ = [
     "KEY_PREFIX",
@@ -41,6 +42,7 @@ __all__ = [
     "after_fork",
     "decode_text",
     "field_from_json",
+    "field_from_object",
     "flag",
     "format_query",
     "get_logger",

@@ -70,20 +70,6 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """One moto server for the whole session, on 127.0.0.1 at a free port."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
 def boto_session() -> boto3.session.Session:
     """A boto3 session with fake credentials, shared so tests do not each pay for one."""
     return boto3.session.Session(region_name=REGION, **FAKE_CREDENTIALS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from scaling_credentials.testing import FakeScalingAPI
+from scaling_credentials.testing import FakeScalingAPI, free_port
+from scaling_credentials.testing.provider_suite import assert_no_secret
 
 HANDLER = Path(__file__).resolve().parents[3] / "examples" / "lambda" / "handler.py"
 
@@ -69,3 +72,57 @@ def test_the_lambda_example_survives_a_rotation(
         # asked to refresh (refreshNow) and it did.
         assert module.CACHE.stats.fetches == 2
         assert [r.params.get("refreshNow") for r in extension.requests] == [None, "true"]
+
+
+def only_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """No key source but ``env`` (the AWS fixtures' fake credentials stay)."""
+    for name in list(os.environ):
+        if name.startswith("SCALING_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_the_lambda_example_answers_a_key_source_failure_with_a_clear_error(
+    load_handler: Callable[[], ModuleType],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with FakeScalingAPI() as api:
+        for source in (
+            "env:SCALING_EXAMPLE_ABSENT_VARIABLE",  # SecretNotFoundError
+            f"file:{tmp_path}",  # a directory: ProviderError
+            "aws-sm:prod/absent?region=us-east-1",  # Secrets Manager unreachable
+        ):
+            only_env(monkeypatch, SCALING_API_KEY_SOURCE=source, SCALING_API_BASE_URL=api.url)
+            module = load_handler()
+            caplog.clear()
+            with caplog.at_level(logging.ERROR):
+                answer = module.handler({}, None)
+            assert answer["statusCode"] == 503, source
+            assert json.loads(answer["body"]) == {"error": "scaling_api_key_unavailable"}
+            (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert "no Scaling API key from" in record.getMessage()
+        assert api.requests == []  # nothing was sent without a key
+
+
+def test_the_lambda_example_answers_an_unreachable_api_with_a_clear_error(
+    load_handler: Callable[[], ModuleType],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = "scl_live_" + "unreach4ble" * 2
+    only_env(
+        monkeypatch,
+        SCALING_API_KEY=key,
+        SCALING_API_BASE_URL=f"http://127.0.0.1:{free_port()}/v1",
+    )
+    module = load_handler()
+    with caplog.at_level(logging.ERROR):
+        answer = module.handler({}, None)
+    assert answer["statusCode"] == 502
+    assert json.loads(answer["body"]) == {"error": "scaling_api_unreachable"}
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "ConnectError" in record.getMessage()
+    assert_no_secret(key.removeprefix("scl_live_"), caplog.text, answer["body"])

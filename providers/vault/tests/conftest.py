@@ -7,6 +7,8 @@ token, in a private HOME (so that ``bao server -dev`` never touches the develope
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import secrets
 import shutil
@@ -23,6 +25,10 @@ from typing import Any
 import httpx
 import hvac
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from scaling_credentials.testing import free_port
 
@@ -286,3 +292,47 @@ def run_bao(tmp_path: Path) -> Iterator[Callable[..., BaoProcess]]:
     yield run
     for item in started:
         stop_process(item.process)
+
+
+@dataclass
+class SelfSigned:
+    """A self-signed CA certificate valid for 127.0.0.1 (and so usable as a server's
+    certificate and as the CA bundle that verifies it), with its key, as PEM files."""
+
+    cert_file: Path
+    key_file: Path
+
+    @property
+    def pem(self) -> str:
+        return self.cert_file.read_text()
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> SelfSigned:
+    """A fresh :class:`SelfSigned` certificate in the test's directory."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scaling-credentials-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    loopback: x509.GeneralName = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([loopback]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    files = SelfSigned(cert_file=tmp_path / "cert.pem", key_file=tmp_path / "key.pem")
+    files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files

@@ -286,15 +286,11 @@ def test_pre_fork_workers_each_open_their_own_session_and_follow_a_rotation(
     cache = KeyCache(provider, ttl=3600, min_refresh_interval=0)
     auth = ScalingAuth(cache)
     cache.get()  # warm: logged in, a pooled session exists in the parent
-    parent_session = provider._current_session()[0].client.session
+    parent_session = provider._current.client.get().session
 
     def own_session() -> bool:
-        current = provider._session
-        return (
-            current is not None
-            and current.client is not None
-            and current.client.session is not parent_session
-        )
+        current = provider._current
+        return current is not None and current.client.get().session is not parent_session
 
     def rotate(_: int) -> None:
         new = api.rotate()
@@ -307,4 +303,4 @@ def test_pre_fork_workers_each_open_their_own_session_and_follow_a_rotation(
     assert all(w.failed == 0 for w in slots), slots
     assert all(w.fetches == 1 for w in slots), slots
     assert all(w.probe == 1 for w in slots), "a child reused the parent's session"
-    assert provider._current_session()[0].client.session is parent_session
+    assert provider._current.client.get().session is parent_session

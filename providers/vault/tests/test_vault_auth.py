@@ -511,29 +511,6 @@ class FakeTokenReview:
         self.thread.join(timeout=10)
 
 
-def self_signed_ca_pem() -> str:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes-test-ca")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
 @pytest.fixture
 def token_review() -> Iterator[FakeTokenReview]:
     fake = FakeTokenReview()
@@ -548,6 +525,7 @@ def test_kubernetes_auth_with_the_service_account_token(
     token_review: FakeTokenReview,
     tmp_path: Path,
     vault_env: pytest.MonkeyPatch,
+    self_signed: Any,
 ) -> None:
     mount = f"k8s-{uuid.uuid4().hex[:8]}"
     bao_root.sys.enable_auth_method("kubernetes", path=mount)
@@ -556,7 +534,7 @@ def test_kubernetes_auth_with_the_service_account_token(
             kubernetes_host=token_review.url,
             token_reviewer_jwt="reviewer-token",
             # Required when Vault runs outside a pod; unused over plain http on loopback.
-            kubernetes_ca_cert=self_signed_ca_pem(),
+            kubernetes_ca_cert=self_signed.pem,
             disable_local_ca_jwt=True,
             mount_point=mount,
         )

@@ -25,7 +25,7 @@ def test_child_process_reads_with_a_new_session(
     bao_root.secrets.kv.v2.create_or_update_secret(path=secret_path, secret={"api_key": key})
     provider = VaultProvider(secret_path, url=bao.url, auth=TokenAuth(bao.root_token))
     assert provider.fetch().reveal() == key  # warms the session and the login
-    parent_session = provider._current_session()[0].client.session
+    parent_session = provider._current.client.get().session
 
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -33,7 +33,7 @@ def test_child_process_reads_with_a_new_session(
         code = 1
         try:
             os.close(read_end)
-            session = provider._current_session()[0].client.session
+            session = provider._current.client.get().session
             result = {
                 "ok": provider.fetch().reveal() == key,
                 "new_session": session is not parent_session,
@@ -56,4 +56,4 @@ def test_child_process_reads_with_a_new_session(
     assert answer == {"ok": True, "new_session": True}
     assert os.waitstatus_to_exitcode(status) == 0
     assert provider.fetch().reveal() == key  # the parent is unaffected
-    assert provider._current_session()[0].client.session is parent_session
+    assert provider._current.client.get().session is parent_session

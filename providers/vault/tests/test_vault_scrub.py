@@ -8,22 +8,22 @@ import pytest
 import requests
 
 from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
-from scaling_credentials_vault._errors import VaultCallError, call, scrub
+from scaling_credentials_vault._errors import VaultCallError, call, clip
 
 TOKEN = "hvs.CAESIJ3n0tArEalT0kenButL0ng"
 KEY = good_value("scrub")
 
 
-def test_scrub_removes_known_secrets_and_token_and_key_shapes() -> None:
+def test_clip_removes_known_secrets_and_token_and_key_shapes() -> None:
     text = f"bad {TOKEN} and {KEY} and s.AbCdEfGhIjKlMnOpQrSt and my-secret-id-123"
-    cleaned = scrub(text, ["my-secret-id-123"])
+    cleaned = clip(text, ["my-secret-id-123"])
     for secret in (TOKEN, KEY, "s.AbCdEfGhIjKlMnOpQrSt", "my-secret-id-123"):
         assert_no_secret(secret, cleaned)
     assert cleaned.startswith("bad ****")
 
 
-def test_scrub_caps_length_and_joins_lines() -> None:
-    cleaned = scrub("1 error occurred:\n\t* permission denied\n\n" + "x" * 1000)
+def test_clip_caps_length_and_joins_lines() -> None:
+    cleaned = clip("1 error occurred:\n\t* permission denied\n\n" + "x" * 1000)
     assert "\n" not in cleaned
     assert len(cleaned) <= 300
 

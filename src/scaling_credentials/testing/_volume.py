@@ -89,5 +89,5 @@ def _write_private(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(value + "\n")
-    # Read-only for the owner, like defaultMode: 0400 on a secret volume.
+    # Read-only for the owner (chmod 0400): not world-readable, so no warning.
     os.chmod(path, 0o400)

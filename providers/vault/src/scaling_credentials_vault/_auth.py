@@ -9,13 +9,13 @@ a log line or an error message.
 from __future__ import annotations
 
 import abc
-import errno
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scaling_credentials import ConfigurationError, ProviderError
+from scaling_credentials import ConfigurationError, ProviderError, SecretNotFoundError
+from scaling_credentials.toolkit import decode_text, read_capped_file, text_option
 
 from ._errors import VaultCallError, call
 
@@ -30,8 +30,6 @@ __all__ = [
 ]
 
 DEFAULT_KUBERNETES_JWT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-# Far above any token or JWT (a projected service-account token is about 1 KiB).
-MAX_CREDENTIAL_FILE_SIZE = 64 * 1024
 
 
 @dataclass(frozen=True, repr=False)
@@ -90,32 +88,22 @@ def _policies(value: object) -> tuple[str, ...]:
 def read_credential_file(path: str, what: str, hint: str = "") -> str:
     """Read a small credential file (a token, a secret ID, a JWT), stripped.
 
-    Errors name the path and what was expected, never the content.
+    Errors are :class:`ProviderError` naming the path and what was expected, never the
+    content (a missing file too: it is a login credential, not the secret the provider
+    looks for).
     """
+    name = f"the {what} file {path}"
+    extra = f"; {hint}" if hint else ""
+    missing = False
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CREDENTIAL_FILE_SIZE + 1)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            reason = "does not exist"
-        elif exc.errno in (errno.EACCES, errno.EPERM):
-            reason = "is not readable by this process (permission denied)"
-        elif exc.errno == errno.EISDIR:
-            reason = "is a directory"
-        else:
-            reason = f"could not be read ({exc.strerror})"
-        # Not chained: nothing in an OSError is worth more than the reason given here.
-        raise ProviderError(
-            f"the {what} file {path} {reason}" + (f"; {hint}" if hint else "")
-        ) from None
-    if len(data) > MAX_CREDENTIAL_FILE_SIZE:
-        raise ProviderError(f"the {what} file {path} is over {MAX_CREDENTIAL_FILE_SIZE} bytes")
-    try:
-        text = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ProviderError(f"the {what} file {path} is not UTF-8 text") from None
+        data = read_capped_file(path, name=name, hint=hint)
+    except SecretNotFoundError:
+        missing = True
+    if missing:
+        raise ProviderError(f"{name} does not exist{extra}")
+    text = decode_text(data, name=name, error=ProviderError).strip()
     if not text:
-        raise ProviderError(f"the {what} file {path} is empty" + (f"; {hint}" if hint else ""))
+        raise ProviderError(f"{name} is empty{extra}")
     return text
 
 
@@ -130,25 +118,23 @@ def vault_env(suffix: str, environ: Mapping[str, str] | None = None) -> tuple[st
     return "", ""
 
 
-def _check_mount(mount_point: str, cls: str) -> str:
-    if not isinstance(mount_point, str) or not mount_point.strip("/"):
+def _check_mount(mount_point: object, cls: str) -> str:
+    mount = text_option(mount_point, f"{cls}: mount_point")
+    if mount is None or not mount.strip("/"):
         raise ConfigurationError(f"{cls} needs a non-empty mount_point")
-    return mount_point.strip("/")
+    return mount.strip("/")
 
 
 def _check_value(value: object, name: str, cls: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(f"{cls}: {name} must be a non-empty str")
-    return value.strip()
+    checked = text_option(value, f"{cls}: {name}")
+    assert checked is not None  # not optional
+    return checked
 
 
 def _check_path(value: object, name: str, cls: str) -> str:
     if not isinstance(value, (str, os.PathLike)):
         raise ConfigurationError(f"{cls}: {name} must be a path, got {type(value).__name__}")
-    path = os.fspath(value)
-    if not isinstance(path, str) or not path:
-        raise ConfigurationError(f"{cls}: {name} must be a non-empty path")
-    return path
+    return _check_value(os.fspath(value), name, cls)
 
 
 class VaultAuth(abc.ABC):

@@ -3,46 +3,52 @@
 hvac's exceptions carry the response body (``.text``, ``.json``) and requests' carry the
 prepared request, whose headers hold the Vault token. Neither is ever chained: each
 failure is copied into a :class:`VaultCallError` that keeps only the status, Vault's
-error strings (scrubbed of known secrets, shortened) and the request path, and that is
+error strings (redacted, shortened) and the request path, and that is
 raised outside the ``except`` block so that the original is not kept as ``__context__``
 either.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-__all__ = ["VaultCallError", "call", "scrub"]
+from scaling_credentials.toolkit import redact
+
+__all__ = ["RedirectRefused", "VaultCallError", "call", "clip"]
 
 T = TypeVar("T")
 
 _MAX_TEXT = 300
-# Vault and OpenBao token shapes (hvs./hvb./hvr. service/batch/recovery, s./b. legacy and
-# OpenBao) and Scaling API keys: scrubbed from any text even when not known in advance.
-_TOKEN_RE = re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_-]{16,}")
-_KEY_RE = re.compile(r"scl_live_\S+")
 
 
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove known secrets and anything shaped like a Vault token or API key from
-    ``text``, and cap its length."""
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, "****")
-    text = _TOKEN_RE.sub("****", text)
-    text = _KEY_RE.sub("scl_live_****", text)
-    text = " ".join(text.split())  # Vault's multi-error strings are multi-line
+def clip(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` redacted (known secrets, Vault token shapes, keys), on one line (Vault's
+    multi-error strings span several) and cut to a length fit for a message."""
+    text = " ".join(redact(text, secrets).split())
     return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
+
+
+class RedirectRefused(Exception):
+    """Vault's address redirected a request to another origin, and it was not followed.
+
+    ``origin`` is the target's ``scheme://host:port`` only: a hostile ``Location`` may
+    carry what it was sent in its path or query.
+    """
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        super().__init__(f"redirect to another origin refused: {origin}")
 
 
 class VaultCallError(Exception):
     """A failed call to Vault, reduced to what is safe to show and chain.
 
     ``kind`` is ``"http"`` (Vault answered with an error status), ``"connection"``,
-    ``"timeout"``, ``"tls"`` or ``"other"``. ``status`` is the HTTP status for
-    ``"http"``; ``errors`` and ``warnings`` are Vault's strings, scrubbed; ``metadata``
+    ``"timeout"``, ``"tls"``, ``"redirect"`` (a redirect to another origin, refused:
+    ``detail`` is that origin) or ``"other"``. ``status`` is the HTTP status for
+    ``"http"``; ``errors`` and ``warnings`` are Vault's strings, redacted; ``metadata``
     holds the KV v2 version metadata of a 404 for a deleted or destroyed version.
     """
 
@@ -121,6 +127,8 @@ def _translate(exc: BaseException, secrets: Iterable[str]) -> VaultCallError:
     import requests
 
     secrets = tuple(secrets)
+    if isinstance(exc, RedirectRefused):
+        return VaultCallError("redirect", detail=clip(exc.origin, secrets))
     if isinstance(exc, hvac.exceptions.VaultError):
         body = exc.json if isinstance(exc.json, dict) else {}
         metadata: dict[str, Any] | None = None
@@ -135,25 +143,23 @@ def _translate(exc: BaseException, secrets: Iterable[str]) -> VaultCallError:
             }
         errors = _strings(body.get("errors"))
         if not errors and not body and isinstance(exc.args[0] if exc.args else None, str):
-            # Not JSON (a proxy's page): keep a scrubbed, short excerpt of the message.
+            # Not JSON (a proxy's page): keep a redacted, short excerpt of the message.
             errors = (str(exc.args[0]),)
         return VaultCallError(
             "http",
             status=_status_of(exc),
-            errors=tuple(scrub(e, secrets) for e in errors),
-            warnings=tuple(scrub(w, secrets) for w in _strings(body.get("warnings"))),
+            errors=tuple(clip(e, secrets) for e in errors),
+            warnings=tuple(clip(w, secrets) for w in _strings(body.get("warnings"))),
             method=exc.method if isinstance(exc.method, str) else None,
             path=_path_of(exc.url),
             metadata=metadata,
         )
     if isinstance(exc, requests.exceptions.SSLError):
-        return VaultCallError("tls", detail=scrub(_root_reason(exc), secrets))
+        return VaultCallError("tls", detail=clip(_root_reason(exc), secrets))
     if isinstance(exc, requests.exceptions.Timeout):
         return VaultCallError("timeout", detail="no answer within the timeout")
     if isinstance(exc, requests.exceptions.ConnectionError):
-        return VaultCallError("connection", detail=scrub(_root_reason(exc), secrets))
-    if isinstance(exc, requests.exceptions.RequestException):
-        return VaultCallError("other", detail=type(exc).__name__)
+        return VaultCallError("connection", detail=clip(_root_reason(exc), secrets))
     return VaultCallError("other", detail=type(exc).__name__)
 
 
