@@ -15,6 +15,8 @@ in docs/performance.md, measured in the same rounds (it is not the library's cod
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 import timeit
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -22,7 +24,7 @@ from collections.abc import AsyncGenerator, Callable, Generator
 import httpx
 from _common import Interleaved, Summary, interleave, machine_lines, parser, report, table
 
-from scaling_credentials import ApiKey, KeyCache, ScalingAuth
+from scaling_credentials import ApiKey, FileProvider, KeyCache, ScalingAuth
 from scaling_credentials.testing import MemoryProvider
 
 URL = "https://api.scaling.cloud/v1/oncall/schedules"
@@ -59,8 +61,8 @@ class PrototypeAuth(ScalingAuth):
         if (url.scheme, url.host) not in self._checked:
             self._check(request)
         cache = self._cache
-        hot = cache._hot
-        if hot is not None and cache._clock() < hot.refresh_at:
+        hot = cache._state.entry
+        if hot is not None and cache._clock() < hot.until:
             cache._hits += 1
             key = hot.key
         else:
@@ -91,8 +93,8 @@ class PrototypeAuth(ScalingAuth):
         if (url.scheme, url.host) not in self._checked:
             self._check(request)
         cache = self._cache
-        hot = cache._hot
-        if hot is not None and cache._clock() < hot.refresh_at:
+        hot = cache._state.entry
+        if hot is not None and cache._clock() < hot.until:
             cache._hits += 1
             key = hot.key
         else:
@@ -119,6 +121,21 @@ def warm_auth(cls: type[ScalingAuth]) -> ScalingAuth:
     return auth
 
 
+_KEY_DIR = tempfile.mkdtemp(prefix="scaling-hot-path-")
+
+
+def warm_file_auth() -> ScalingAuth:
+    """ScalingAuth on a FileProvider: the read path also checks the file's stamp (at most
+    once a second), so that a changed file is picked up without a 401."""
+    path = os.path.join(_KEY_DIR, "api-key")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(KEY)
+    os.chmod(path, 0o600)
+    auth = ScalingAuth(KeyCache(FileProvider(path), ttl=3600))
+    auth.cache.get()
+    return auth
+
+
 def sync_variants() -> tuple[dict[str, Callable[[int], float]], list[httpx.Client]]:
     transport = httpx.MockTransport(handler)
     clients = {
@@ -127,6 +144,7 @@ def sync_variants() -> tuple[dict[str, Callable[[int], float]], list[httpx.Clien
         ),
         "minimal httpx.Auth": httpx.Client(transport=transport, auth=MinimalAuth(f"Bearer {KEY}")),
         "ScalingAuth": httpx.Client(transport=transport, auth=warm_auth(ScalingAuth)),
+        "ScalingAuth, file source": httpx.Client(transport=transport, auth=warm_file_auth()),
         "prototype": httpx.Client(transport=transport, auth=warm_auth(PrototypeAuth)),
     }
 
@@ -157,6 +175,7 @@ def async_variants(
             transport=transport, auth=MinimalAuth(f"Bearer {KEY}")
         ),
         "ScalingAuth": httpx.AsyncClient(transport=transport, auth=warm_auth(ScalingAuth)),
+        "ScalingAuth, file source": httpx.AsyncClient(transport=transport, auth=warm_file_auth()),
         "prototype": httpx.AsyncClient(transport=transport, auth=warm_auth(PrototypeAuth)),
     }
 
@@ -185,8 +204,8 @@ def components(number: int) -> list[tuple[str, float]]:
     header = f"Bearer {KEY}"
 
     def snapshot() -> ApiKey | None:
-        hot = cache._hot
-        return hot.key if hot is not None and cache._clock() < hot.refresh_at else None
+        hot = cache._state.entry
+        return hot.key if hot is not None and cache._clock() < hot.until else None
 
     steps: list[tuple[str, Callable[[], object]]] = [
         ("empty call (timing floor)", lambda: None),
@@ -436,14 +455,17 @@ def verdict(sync: Interleaved, asyncs: Interleaved) -> str:
     parts = []
     ok = True
     for mode, result in (("sync", sync), ("async", asyncs)):
-        median = result.ratio("ScalingAuth", "static header").median
-        best = result.summary("ScalingAuth").min / result.summary("static header").min
-        ok = ok and median <= 1.02
-        parts.append(f"{mode} {median:.3f} (best rounds {best:.3f})")
+        for variant in ("ScalingAuth", "ScalingAuth, file source"):
+            median = result.ratio(variant, "static header").median
+            best = result.summary(variant).min / result.summary("static header").min
+            ok = ok and median <= 1.02
+            parts.append(f"{variant} {mode} {median:.3f} (best rounds {best:.3f})")
     return (
-        "Result: ScalingAuth / static header, median of the per-round ratios: "
+        "Result: against a static header, median of the per-round ratios: "
         + ", ".join(parts)
-        + f"; target <= 1.02 {'met' if ok else 'NOT met in this run'}."
+        + f"; target <= 1.02 {'met' if ok else 'NOT met in this run'}. The file source "
+        "also looks at the file's stamp once a second on the read path (a `stat`), so that "
+        "a changed key is picked up before any 401."
     )
 
 

@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 BENCHMARKS = (
     "hot_path",
+    "pickup",
     "cached_read",
     "stampede",
     "rotation",

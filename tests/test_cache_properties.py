@@ -6,9 +6,9 @@ allows after every step.
 
 The model knows only the contract's bounds, not the implementation's draws: an entry's
 lifetime is somewhere in ``[ttl * (1 - jitter), ttl]`` (``[ttl * 0.1, ttl]`` for the
-first one after start or invalidate()) and a backoff step after the n-th failure
-somewhere in ``[step / 2, step]``, so between those bounds either outcome is accepted,
-and outside them the cache must behave one way:
+first one after start or invalidate(), and after a forced fetch) and a backoff step
+after the n-th failure somewhere in ``[step / 2, step]``, so between those bounds either
+outcome is accepted, and outside them the cache must behave one way:
 
 * no backend call while the key is surely fresh; a call once it has surely expired
   and no backoff step can still be running (recovery within one step);
@@ -42,7 +42,7 @@ from scaling_credentials.testing import FakeClock, MemoryProvider
 
 TTL = 60.0
 JITTER = 0.2
-FIRST_LOW = 0.1  # the first lifetime after start is spread over [0.1, 1] * ttl
+FIRST_LOW = 0.1  # the first lifetime after start, and after a forced fetch: [0.1, 1] * ttl
 MAX_STALE = 120.0
 MIN_REFRESH = 5.0
 BACKOFF_INITIAL = 1.0
@@ -167,7 +167,9 @@ class CacheMachine(RuleBasedStateMachine):
         assert calls <= 1, f"{calls} backend calls for one {method}()"
         return calls == 1, key, raised
 
-    def record_attempt(self, fetched: bool, forced_for: str | None = None) -> None:
+    def record_attempt(
+        self, fetched: bool, forced_for: str | None = None, *, forced: bool = False
+    ) -> None:
         if not fetched:
             return
         assert not self.backoff_surely_runs() or forced_for is not None, (
@@ -183,7 +185,7 @@ class CacheMachine(RuleBasedStateMachine):
         value = self.provider.value or ""
         if forced_for is not None:
             self.verdicts[forced_for] = "stuck" if value == forced_for else "replaced"
-        low = FIRST_LOW if self.first else 1 - JITTER
+        low = FIRST_LOW if self.first or forced_for is not None or forced else 1 - JITTER
         self.first = False
         self.failures = 0
         self.last_failure_at = None
@@ -289,7 +291,7 @@ class CacheMachine(RuleBasedStateMachine):
                 assert not self.backoff_surely_runs(), "forced fetch within a backoff step"
             self.last_forced_at = self.now
             self.forced_at.append(self.now)
-            self.record_attempt(fetched, forced_for=rejected)
+            self.record_attempt(fetched, forced_for=rejected, forced=True)
             # A forced fetch that fails raises to its caller; one that works returns it.
             assert raised == bool(self.provider.fail)
         elif rejected is not None and rejected != entry.key and held_good and not surely_dead:

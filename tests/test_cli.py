@@ -471,19 +471,8 @@ def test_providers_lists_first_party_schemes(run_main: RunMain) -> None:
 
 
 def test_demo_rotates_with_zero_failures_and_shows_the_static_contrast() -> None:
-    proc = run_cli(
-        "demo",
-        "--json",
-        "--duration",
-        "2",
-        "--rotations",
-        "1",
-        "--threads",
-        "2",
-        "--tasks",
-        "4",
-        timeout=90,
-    )
+    # The defaults: 4 s, 3 rotations (1 s apart), the library's own min_refresh_interval.
+    proc = run_cli("demo", "--json", "--threads", "2", "--tasks", "4", timeout=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     library, static = report["library"], report["static"]
@@ -492,8 +481,9 @@ def test_demo_rotates_with_zero_failures_and_shows_the_static_contrast() -> None
     assert library["requests"] > 0
     assert library["thread_requests"] > 0
     assert library["task_requests"] > 0
-    assert library["rotations"] == 1
-    assert library["provider_fetches"] >= 2  # the first read and at least one rotation
+    assert library["rotations"] == 3
+    assert report["min_refresh_interval_s"] == 5.0  # the library's default, not a demo's
+    assert library["provider_fetches"] == 4  # the first read and one per rotation
     assert static["failures"] > 0
     assert static["provider_fetches"] == 1
     # Piped: plain progress lines, no carriage returns.

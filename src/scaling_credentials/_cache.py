@@ -125,9 +125,10 @@ class KeyCache:
 
     * ``ttl``: lifetime of a fetched key; default ``SCALING_API_KEY_TTL`` or 300.
     * ``jitter``: each lifetime is ``ttl`` scaled by a random factor in ``[1 - jitter, 1]``
-      so that a fleet does not refetch together. The first lifetime after start (and in a
-      child after ``fork()``) is spread over ``[0.1, 1]`` instead, so that a fleet started
-      together falls out of step within one TTL. Default 0.1; 0 turns both off.
+      so that a fleet does not refetch together. The lifetime after a fetch a whole fleet
+      makes at once (the first after start, the first in a child after ``fork()``, and a
+      forced fetch after a rotation) is spread over ``[0.1, 1]`` instead, so that the fleet
+      falls out of step within one TTL. Default 0.1; 0 turns both off.
     * ``refresh_ahead``: within this many seconds of expiry, the first caller starts a
       background refresh while everyone is still served the current key. Default
       ``ttl / 10``; at most half of an entry's lifetime.
@@ -512,7 +513,9 @@ class KeyCache:
                 assert isinstance(key, ApiKey)
                 if flight.stamp is not None:
                     self._state.checks = True
-                outcome = self._state.succeeded(now, key, flight.rejected, flight.stamp)
+                outcome = self._state.succeeded(
+                    now, key, flight.rejected, flight.stamp, forced=flight.kind == "forced"
+                )
                 self._last_fetch_at = datetime.now(timezone.utc)
                 self._last_fetch_duration = duration
                 flight.key = outcome.held if isinstance(outcome, Kept) else key

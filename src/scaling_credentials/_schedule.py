@@ -63,8 +63,9 @@ __all__ = [
 FetchKind = Literal["ttl", "refresh-ahead", "forced", "change"]
 RefreshOutcome = Literal["fetched", "cached", "skipped-interval", "skipped-backoff", "rejected"]
 
-# The first lifetime after start (or after a fork or invalidate()) is spread this widely,
-# so that a fleet started together falls out of step within one TTL (docs/scale.md).
+# The lifetime after a fetch that a whole fleet makes at once (the first one after start,
+# after a fork or invalidate(), and a forced fetch after a rotation) is spread this widely,
+# so that the fleet falls out of step within one TTL (docs/scale.md).
 FIRST_LIFETIME_LOW: Final = 0.1
 # How many rejected keys the cache remembers (by fingerprint).
 REMEMBERED_REJECTIONS: Final = 64
@@ -117,7 +118,8 @@ class Policy(NamedTuple):
 
     def lifetime(self, rng: random.Random, *, first: bool) -> float:
         """An entry's lifetime: ``ttl`` scaled by a random factor in ``[1 - jitter, 1]``;
-        for the first entry (with jitter) in ``[0.1, 1]``."""
+        after a fetch the whole fleet makes at once (``first``), and with jitter, in
+        ``[0.1, 1]``."""
         low = 1.0 - self.jitter
         if first and self.jitter > 0:
             low = min(low, FIRST_LIFETIME_LOW)
@@ -419,9 +421,16 @@ class Schedule:
         )
 
     def succeeded(
-        self, now: float, key: ApiKey, rejected: ApiKey | None, stamp: Hashable | None
+        self,
+        now: float,
+        key: ApiKey,
+        rejected: ApiKey | None,
+        stamp: Hashable | None,
+        *,
+        forced: bool = False,
     ) -> Outcome:
-        """The fetch returned ``key`` (the provider's ``stamp`` taken before it)."""
+        """The fetch returned ``key`` (the provider's ``stamp`` taken before it;
+        ``forced``: a forced fetch, which a fleet makes all at once after a rotation)."""
         self.failures = 0
         self.retry_at = None
         if rejected is not None:
@@ -429,7 +438,7 @@ class Schedule:
             if record is not None:
                 record.verdict = Verdict.STUCK if key == rejected else Verdict.REPLACED
         held = self.entry
-        lifetime = self.policy.lifetime(self.rng, first=self.first)
+        lifetime = self.policy.lifetime(self.rng, first=self.first or forced)
         self.first = False
         refused = self.rejected.get(key.fingerprint)
         if (

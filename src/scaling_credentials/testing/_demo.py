@@ -41,9 +41,10 @@ from ._volume import SecretVolume
 __all__ = ["DemoOptions", "DemoReport", "RunResult", "format_summary", "run_demo", "validate"]
 
 PATH = "/oncall/schedules"
-# Forced refetches are allowed this often (KeyCache's min_refresh_interval): small, so
-# that back-to-back rotations are all picked up, yet a burst of 401s costs one fetch.
-MIN_REFRESH_INTERVAL = 0.2
+# Rotations may come this close together at most: the library picks up any spacing (every
+# rejected key is refetched at once), but a request must finish between two rotations for
+# "at most one retry" to hold.
+MIN_ROTATION_GAP = 0.1
 # Per-request timeout: generous, only there so that a wedged server cannot hang the demo.
 REQUEST_TIMEOUT = 10.0
 JOIN_TIMEOUT = 15.0
@@ -114,6 +115,7 @@ class DemoReport:
     source: str
     library: RunResult
     static: RunResult | None
+    min_refresh_interval: float | None = None  # the library run's cache setting
 
     @property
     def ok(self) -> bool:
@@ -129,6 +131,7 @@ class DemoReport:
             "threads": self.options.threads,
             "tasks": self.options.tasks,
             "rotations": self.library.rotations,
+            "min_refresh_interval_s": self.min_refresh_interval,
             "library": self.library.as_json(),
             "static": None if self.static is None else self.static.as_json(),
         }
@@ -392,10 +395,10 @@ def validate(options: DemoOptions) -> None:
     if options.rotations < 0:
         raise ConfigurationError("--rotations must be 0 or more")
     interval = options.duration / (options.rotations + 1)
-    if options.source is None and interval < 2 * MIN_REFRESH_INTERVAL:
+    if options.source is None and interval < MIN_ROTATION_GAP:
         raise ConfigurationError(
             f"{options.rotations} rotations in {options.duration:g} s leave "
-            f"{interval:.2f} s between them; allow at least {2 * MIN_REFRESH_INTERVAL:g} s "
+            f"{interval:.2f} s between them; allow at least {MIN_ROTATION_GAP:g} s "
             "(fewer --rotations or a longer --duration)"
         )
 
@@ -415,9 +418,9 @@ def run_demo(options: DemoOptions, progress_stream: TextIO | None = sys.stderr) 
             f"{_plural(options.rotations, 'time')} (new key written to the file, old key "
             "revoked)."
         )
-        library = _library_run(api, volume, options, progress)
+        library, floor = _library_run(api, volume, options, progress)
         static = _static_run(api, volume, options, progress)
-        return DemoReport(options, f"file:{volume.path}", library, static)
+        return DemoReport(options, f"file:{volume.path}", library, static, floor)
 
 
 @contextlib.contextmanager
@@ -431,16 +434,13 @@ def _temporary_volume() -> Iterator[SecretVolume]:
 
 def _library_run(
     api: FakeScalingAPI, volume: SecretVolume, options: DemoOptions, progress: _Progress
-) -> RunResult:
+) -> tuple[RunResult, float]:
     first = api.issue_key()
     volume.write(first)
-    interval = options.duration / (options.rotations + 1)
-    # A long TTL on purpose: every rotation is picked up by the 401-refresh-retry path.
-    cache = KeyCache(
-        FileProvider(volume.path),
-        ttl=300.0,
-        min_refresh_interval=min(MIN_REFRESH_INTERVAL, interval / 2),
-    )
+    # The library's defaults (min_refresh_interval 5 s, rotations about a second apart);
+    # a long TTL on purpose: no rotation is picked up by a TTL fetch, each one by the
+    # file's change check or the 401-refresh-retry path.
+    cache = KeyCache(FileProvider(volume.path), ttl=300.0)
     auth = ScalingAuth(cache)
 
     def rotator(stop: threading.Event) -> _Rotator:
@@ -448,7 +448,7 @@ def _library_run(
         thread.start()
         return thread
 
-    return _run_load(
+    result = _run_load(
         "with scaling-credentials",
         api.url,
         auth,
@@ -457,6 +457,7 @@ def _library_run(
         rotator,
         lambda: cache.stats.fetches,
     )
+    return result, cache.min_refresh_interval
 
 
 def _static_run(
@@ -489,7 +490,7 @@ def _run_with_source(options: DemoOptions, source: str, progress: _Progress) -> 
     # backend, so it runs the load once, with a short TTL so that the source is fetched
     # again (in the background, refresh-ahead) a few times during the run.
     ttl = max(1.0, options.duration / 3)
-    cache = KeyCache(provider, ttl=ttl, min_refresh_interval=MIN_REFRESH_INTERVAL)
+    cache = KeyCache(provider, ttl=ttl)
     with FakeScalingAPI(keys=[key.reveal()]) as api:
         progress.note(
             f"Fake Scaling API on {api.url}, accepting the key {provider.describe()} holds "
