@@ -9,7 +9,16 @@ import subprocess
 import sys
 import textwrap
 
-HEAVY = ["boto3", "botocore", "hvac", "scaling_credentials_aws", "scaling_credentials_vault"]
+HEAVY = [
+    "boto3",
+    "botocore",
+    "hvac",
+    "scaling_credentials_aws",
+    "scaling_credentials_vault",
+    "requests",
+    "aiohttp",
+    "opentelemetry",
+]
 
 
 @functools.cache
@@ -65,3 +74,13 @@ def test_using_core_schemes_imports_no_provider_distribution() -> None:
     )
     assert loaded["importlib.metadata"]  # the registry did look
     assert [name for name in HEAVY if loaded[name]] == []
+
+
+def test_the_integrations_package_imports_no_third_party_library() -> None:
+    code = (
+        "import sys, scaling_credentials.integrations; "
+        "print(','.join(m for m in ('requests', 'aiohttp', 'opentelemetry') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
