@@ -427,7 +427,7 @@ class KeyCache:
     def _check(self, action: Check, *, prefer_async: bool) -> ApiKey:
         """Ask the provider whether the source changed; refetch in the background if so."""
         seen = self._take_stamp()
-        follow, flight = self._decide(lambda now: self._state.on_stamp(now, seen, action.stamp))
+        follow, flight = self._decide(lambda now: self._state.on_stamp(now, seen, action))
         if isinstance(follow, Refresh) and flight is not None:
             self._launch(flight, prefer_async=prefer_async)
         return action.key

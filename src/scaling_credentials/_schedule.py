@@ -339,15 +339,19 @@ class Schedule:
             return Serve(stale, stale=True) if stale is not None else Fail()
         return Fetch("ttl")
 
-    def on_stamp(self, now: float, seen: Hashable | None, expected: Hashable | None) -> Action:
-        """The provider's stamp after a :class:`Check`: a change starts a background
-        fetch at once."""
+    def on_stamp(self, now: float, seen: Hashable | None, check: Check) -> Serve | Refresh:
+        """The provider's stamp after ``check``: a change starts a background fetch at
+        once (also while the backend rests: a change is news, and comes at most once a
+        ``check_interval``). Either way the key ``check`` served is the answer."""
         entry = self.entry
-        if entry is None:
-            return self.on_read(now)
-        if seen == expected or seen == entry.stamp or self.flight_kind is not None:
-            return Serve(entry.key)
-        return Refresh(entry.key, "change")
+        if (
+            entry is None
+            or seen == check.stamp
+            or seen == entry.stamp
+            or self.flight_kind is not None
+        ):
+            return Serve(check.key)
+        return Refresh(check.key, "change")
 
     def on_refresh(self, now: float, rejected: ApiKey | None) -> Action:
         """A forced refresh, after the API rejected ``rejected`` (or for no key)."""
