@@ -18,7 +18,12 @@ from scaling_credentials import (
     KeyCache,
     ScalingAuth,
 )
-from scaling_credentials._auth import check_destination, is_key_rejection, retry_decision
+from scaling_credentials._auth import (
+    _is_loopback,
+    check_destination,
+    is_key_rejection,
+    retry_decision,
+)
 from scaling_credentials.testing import FakeClock, FakeScalingAPI, MemoryProvider
 from scaling_credentials.testing.provider_suite import assert_no_secret
 
@@ -99,11 +104,42 @@ def test_destinations_that_may_receive_the_key(url: str) -> None:
         ("https://scaling.cloud/v1", "refusing to send"),
         ("http://api.scaling.cloud/v1", "plain http"),
         ("http://10.0.0.5/v1", "refusing to send"),
+        # The trailing-dot form is resolved through DNS, not /etc/hosts: not loopback.
+        ("http://localhost./v1", "refusing to send"),
+        ("http://LOCALHOST.:8080/v1", "refusing to send"),
+        ("https://localhost./v1", "refusing to send"),
+        ("http://localhost.localdomain/v1", "refusing to send"),
+        ("http://127.0.0.1.nip.io/v1", "refusing to send"),
     ],
 )
 def test_destinations_that_are_refused(url: str, reason: str) -> None:
     with pytest.raises(ConfigurationError, match=reason):
         check_destination(httpx.URL(url))
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("localhost", True),
+        ("LocalHost", True),
+        ("127.0.0.1", True),
+        ("127.255.0.9", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0:0:0:0:0:0:0:1", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost.", False),
+        ("localhost..", False),
+        ("localhost.localdomain", False),
+        ("127.0.0.1.", False),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.1", False),
+        ("", False),
+    ],
+)
+def test_is_loopback(host: str, expected: bool) -> None:
+    assert _is_loopback(host) is expected
 
 
 def test_allowed_hosts_need_https() -> None:

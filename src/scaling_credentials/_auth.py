@@ -33,7 +33,11 @@ SCALING_HOST = "api.scaling.cloud"
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """Whether ``host`` surely names this machine: ``localhost`` (any case) or a loopback
+    IP literal (``127.0.0.0/8``, ``::1`` in any spelling, IPv4-mapped ``::ffff:127.x``).
+    ``localhost.`` and other names are not: a fully qualified name is resolved through
+    DNS, which may answer with any address."""
+    if host.lower() == "localhost":
         return True
     try:
         address = ipaddress.ip_address(host.strip("[]"))
@@ -75,8 +79,8 @@ def check_destination(
 ) -> None:
     """Raise :class:`ConfigurationError` unless the key may be sent to ``url``: https to
     ``api.scaling.cloud``, its subdomains or ``allowed_hosts``; any scheme to loopback."""
+    loopback = _is_loopback(url.host)
     host = url.host.lower().rstrip(".")
-    loopback = _is_loopback(host)
     known = (
         host == SCALING_HOST
         or host.endswith("." + SCALING_HOST)
