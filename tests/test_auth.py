@@ -424,6 +424,86 @@ def test_authorization_does_not_follow_a_redirect_to_another_origin(api: FakeSca
         assert [r.key for r in other.requests] == [None]  # no Authorization arrived
 
 
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_401_from_a_redirect_target_that_never_got_the_key_is_no_rejection(
+    api: FakeScalingAPI, driver: str
+) -> None:
+    # The redirect target never received the key (httpx drops Authorization across
+    # origins): its 401 invalid_api_key says nothing about the key, so no forced refetch
+    # and no resend; the 401 is returned as it is.
+    from scaling_credentials.testing import ScriptedResponse
+
+    key = api.issue_key()
+    with FakeScalingAPI() as other:
+        other.script(ScriptedResponse(401, error_body("invalid_api_key")))
+        target = other.url + "/oncall/schedules"
+        api.script(ScriptedResponse(307, b"", headers=(("Location", target),)))
+        provider = MemoryProvider(key)
+        auth = ScalingAuth(KeyCache(provider, min_refresh_interval=0))
+        auth.cache.get()
+        provider.value = K2  # a refetch would find another key and resend
+        if driver == "sync":
+            with httpx.Client(base_url=api.url, auth=auth, follow_redirects=True) as client:
+                response = client.get("/oncall/schedules")
+        else:
+
+            async def scenario() -> httpx.Response:
+                async with httpx.AsyncClient(
+                    base_url=api.url, auth=auth, follow_redirects=True
+                ) as client:
+                    return await client.get("/oncall/schedules")
+
+            response = asyncio.run(scenario())
+        assert response.status_code == 401
+        assert response.url == httpx.URL(target)
+        assert provider.fetches == 1  # no forced refetch
+        assert len(api.requests) == 1  # no resend
+        assert [r.key for r in other.requests] == [None]
+
+
+def test_a_401_from_the_origin_that_got_the_key_after_a_same_origin_redirect_is_a_rejection(
+    api: FakeScalingAPI,
+) -> None:
+    from scaling_credentials.testing import ScriptedResponse
+
+    provider = MemoryProvider(K1)
+    auth = ScalingAuth(KeyCache(provider, min_refresh_interval=0))
+    auth.cache.get()
+    moved = ScriptedResponse(302, b"", headers=(("Location", api.url + "/oncall/schedules"),))
+    api.script(moved, ScriptedResponse(401, error_body("invalid_api_key")), moved)
+    provider.value = api.issue_key()
+    with httpx.Client(base_url=api.url, auth=auth, follow_redirects=True) as client:
+        response = client.get("/moved")
+    assert response.status_code == 200
+    assert provider.fetches == 2
+    assert [r.path for r in api.requests] == ["/v1/moved", "/v1/oncall/schedules"] * 2
+
+
+def test_a_401_after_a_round_trip_through_another_origin_is_no_rejection() -> None:
+    # A -> B -> A: httpx dropped the key on the way to B, so the final request to A does
+    # not carry it either, although A is the origin the key was first sent to.
+    auth, provider = auth_with()
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("Authorization")))
+        if request.url.path == "/first":
+            return httpx.Response(302, headers={"Location": "https://eu.api.scaling.cloud/b"})
+        if request.url.host == "eu.api.scaling.cloud":
+            return httpx.Response(302, headers={"Location": "https://api.scaling.cloud/second"})
+        return rejected(request)
+
+    with httpx.Client(
+        transport=httpx.MockTransport(handler), auth=auth, follow_redirects=True
+    ) as client:
+        auth.cache.get()
+        provider.value = K2
+        response = client.get("https://api.scaling.cloud/first")
+    assert response.status_code == 401
+    assert [auth is not None for _, auth in seen] == [True, False, False]
+    assert provider.fetches == 1
+
+
 # ---------------------------------------------------- 401 bodies of unknown length
 
 

@@ -107,6 +107,22 @@ def is_key_rejection(response: httpx.Response) -> bool:
     return parse_error_body(response.content).code == "invalid_api_key"
 
 
+def _carried_the_key(request: httpx.Request, response: httpx.Response) -> bool:
+    """Whether ``response`` answers a request that carried the key the auth put on
+    ``request`` (its final hop, after any redirects). With
+    ``follow_redirects``, httpx drops ``Authorization`` on the way to another origin, so
+    a 401 from there (or from anywhere after it) says nothing about the key: only a 401
+    from a server that received the key is a rejection."""
+    try:
+        final = response.request
+    except RuntimeError:  # a response built by hand, with no request: as sent
+        return True
+    if final is request:
+        return True
+    sent = request.headers.get("Authorization")
+    return sent is not None and final.headers.get("Authorization") == sent
+
+
 def _is_replayable(request: httpx.Request) -> bool:
     # bytes, str, JSON and form bodies (and any body already read) are a ByteStream, which
     # can be sent again byte for byte; generators and files are one-shot.
@@ -253,6 +269,8 @@ class ScalingAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401:
             return
+        if not _carried_the_key(request, response):
+            return
         body = read_error_body(response)
         if body is None or parse_error_body(body).code != "invalid_api_key":
             return
@@ -272,6 +290,8 @@ class ScalingAuth(httpx.Auth):
         self._apply(request, key)
         response = yield request
         if response.status_code != 401:
+            return
+        if not _carried_the_key(request, response):
             return
         body = await aread_error_body(response)
         if body is None or parse_error_body(body).code != "invalid_api_key":
