@@ -45,6 +45,8 @@ TESTING = [
     "FakeClock",
     "FakeScalingAPI",
     "FaultyProvider",
+    "HostileHit",
+    "HostileServer",
     "MemoryProvider",
     "PreforkRun",
     "RecordedRequest",

@@ -3,11 +3,13 @@
 (:mod:`scaling_credentials.testing.provider_suite`, which needs pytest), test doubles, and
 a rotation-under-load harness (:func:`run_rotation_threads`, :func:`run_rotation_tasks`,
 :func:`run_prefork_rotation`), a key file updated like a Kubernetes secret volume
-(:class:`SecretVolume`), and the ``scaling-credentials demo`` (:func:`run_demo`)."""
+(:class:`SecretVolume`), an HTTP server that misbehaves on purpose (:class:`HostileServer`,
+fixture ``hostile_server``), and the ``scaling-credentials demo`` (:func:`run_demo`)."""
 
 from ._demo import DemoOptions, DemoReport, run_demo
 from ._fake_api import FakeScalingAPI, RecordedRequest, ScriptedResponse
 from ._helpers import FakeClock, FaultyProvider, MemoryProvider
+from ._hostile import HostileHit, HostileServer
 from ._ports import free_port, wait_for_port
 from ._rotation import (
     PreforkRun,
@@ -26,6 +28,8 @@ __all__ = [
     "FakeClock",
     "FakeScalingAPI",
     "FaultyProvider",
+    "HostileHit",
+    "HostileServer",
     "MemoryProvider",
     "PreforkRun",
     "RecordedRequest",
