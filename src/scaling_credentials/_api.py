@@ -246,6 +246,29 @@ def default_base_url(environ: Mapping[str, str] | None = None) -> str:
     return check_base_url(value, setting=BASE_URL_VARIABLE) if value else DEFAULT_BASE_URL
 
 
+# Loopback hosts the ready-made clients reach without any proxy: a plain-http request
+# carrying the key must never travel through one.
+_DIRECT_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _direct_mounts(base_url: str, mounts: Any) -> tuple[dict[str, Any], set[str]]:
+    """httpx mounts sending loopback hosts (the base URL's, if loopback) to no proxy,
+    with the caller's own ``mounts`` on top; and the hosts left so."""
+    from ._auth import _is_loopback
+
+    hosts = set(_DIRECT_HOSTS)
+    try:
+        host = httpx.URL(base_url).host
+    except (httpx.InvalidURL, TypeError):
+        host = ""
+    if host and _is_loopback(host):
+        hosts.add(host)
+    ours = {f"all://[{h}]" if ":" in h else f"all://{h}": h for h in hosts}
+    given = dict(mounts or {})
+    direct = {h for pattern, h in ours.items() if given.get(pattern) is None}
+    return {**dict.fromkeys(ours), **given}, direct
+
+
 def _client_options(
     source: object, base_url: str | None, options: dict[str, Any]
 ) -> dict[str, Any]:
@@ -257,8 +280,10 @@ def _client_options(
     auth = options.pop("auth", None)
     ttl = options.pop("ttl", None)
     allowed_hosts = options.pop("allowed_hosts", None)
+    options["mounts"], direct = _direct_mounts(base_url, options.get("mounts"))
     if auth is None:
         auth = ScalingAuth(source, ttl=ttl, allowed_hosts=allowed_hosts)  # type: ignore[arg-type]
+        auth._reached_directly(direct)
     headers = httpx.Headers(
         {
             "Accept": "application/json",
@@ -281,7 +306,10 @@ def scaling_client(
     ``None`` for the environment); ``ttl`` and ``allowed_hosts`` are passed to it; every
     other keyword goes to :class:`httpx.Client`. ``base_url`` defaults to
     ``SCALING_API_BASE_URL`` when that is set, else ``https://api.scaling.cloud/v1``; a
-    malformed ``SCALING_API_BASE_URL`` raises :class:`ConfigurationError`.
+    malformed ``SCALING_API_BASE_URL`` raises :class:`ConfigurationError`. Loopback hosts
+    (``localhost``, ``127.0.0.1``, ``::1`` and a loopback base URL's host) are reached
+    directly, never through a proxy set in the environment (``mounts`` given here take
+    precedence).
     """
     return httpx.Client(**_client_options(source, base_url, httpx_options))
 

@@ -100,6 +100,40 @@ def check_destination(
         )
 
 
+def _environment_proxy_applies(url: httpx.URL) -> bool:
+    """Whether httpx, trusting the environment (its default), sends a request for ``url``
+    through a proxy: ``HTTP_PROXY`` / ``ALL_PROXY`` (any case) that ``NO_PROXY`` does not
+    lift for this host, matched by httpx's own rules."""
+    try:
+        from httpx._utils import URLPattern, get_environment_proxies
+    except ImportError:  # a future httpx: the standard library's reading, more cautious
+        import urllib.request
+
+        proxies = urllib.request.getproxies()
+        if not (proxies.get(url.scheme) or proxies.get("all")):
+            return False
+        return not urllib.request.proxy_bypass(url.host)
+    mounts = sorted((URLPattern(k), v) for k, v in get_environment_proxies().items())
+    for pattern, proxy in mounts:
+        if pattern.matches(url):
+            return proxy is not None
+    return False
+
+
+def check_not_proxied(url: httpx.URL) -> None:
+    """Raise :class:`ConfigurationError` when a plain-http request for ``url`` would go
+    through a proxy set in the environment: the proxy would read the key in cleartext."""
+    if url.scheme == "https" or not _environment_proxy_applies(url):
+        return
+    host = url.host.lower()
+    raise ConfigurationError(
+        f"refusing to send the Scaling API key over plain {url.scheme}:// to {host!r} "
+        "through the proxy the environment sets (HTTP_PROXY or ALL_PROXY): the proxy "
+        f"would read the key in cleartext. Add {host} to NO_PROXY, use https://, or build "
+        "the client with scaling_client(), which reaches loopback hosts directly"
+    )
+
+
 def is_key_rejection(response: httpx.Response) -> bool:
     """True for a 401 whose JSON ``code`` is ``invalid_api_key`` (the body must be read)."""
     if response.status_code != 401:
@@ -162,6 +196,12 @@ class ScalingAuth(httpx.Auth):
     (:func:`provider_from_env`). ``allowed_hosts`` adds hosts (``api.example.com`` or
     ``*.example.com``) that may receive the key over https, besides ``api.scaling.cloud``,
     its subdomains and loopback hosts.
+
+    A plain-http request (to a loopback host) that the environment's proxy settings
+    (``HTTP_PROXY``, ``ALL_PROXY``, not lifted by ``NO_PROXY``) would send through a
+    proxy is refused with :class:`ConfigurationError` before anything is sent; https
+    through a proxy (a ``CONNECT`` tunnel) is fine. Destinations are checked once per
+    scheme, host and port.
     """
 
     requires_request_body = False
@@ -176,7 +216,8 @@ class ScalingAuth(httpx.Auth):
     ) -> None:
         self._cache = _as_cache(source, ttl)
         self._exact, self._suffixes = _normalize_hosts(allowed_hosts)
-        self._checked: set[tuple[str, str]] = set()
+        self._checked: set[tuple[str, str, int | None]] = set()
+        self._direct: frozenset[str] = frozenset()
         self._header: tuple[ApiKey, str] | None = None
 
     @property
@@ -189,12 +230,19 @@ class ScalingAuth(httpx.Auth):
 
     # -- shared steps
 
+    def _reached_directly(self, hosts: Iterable[str]) -> None:
+        # scaling_client() mounts these hosts with no proxy: the environment's proxy
+        # settings do not apply to them.
+        self._direct = frozenset(hosts)
+
     def _check(self, request: httpx.Request) -> None:
         url = request.url
-        marker = (url.scheme, url.host)
+        marker = (url.scheme, url.host, url.port)
         if marker in self._checked:
             return
         check_destination(url, self._exact, self._suffixes)
+        if url.host not in self._direct:
+            check_not_proxied(url)
         if len(self._checked) < 64:
             self._checked.add(marker)
 
