@@ -5,8 +5,10 @@ through FakeScalingAPI over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
-from collections.abc import AsyncIterator, Callable
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
@@ -18,12 +20,13 @@ from scaling_credentials import (
     ScalingAuth,
     ScalingCredentialsError,
     __version__,
+    _api,
     async_scaling_client,
     raise_for_scaling_error,
     scaling_client,
 )
-from scaling_credentials._api import MAX_ERROR_BODY, parse_error_body
-from scaling_credentials.testing import FakeScalingAPI, MemoryProvider, ScriptedResponse
+from scaling_credentials._api import MAX_ERROR_BODY, parse_error_body, read_error_body
+from scaling_credentials.testing import FakeClock, FakeScalingAPI, MemoryProvider, ScriptedResponse
 from scaling_credentials.testing.provider_suite import assert_no_secret
 
 REQUEST_ID = "550e8400-e29b-41d4-a716-446655440000"
@@ -287,6 +290,75 @@ def test_async_stream_unread_gives_status_only_and_read_gives_fields() -> None:
     unread, read = asyncio.run(scenario())
     assert (unread.status_code, unread.code) == (409, None)
     assert (read.status_code, read.code) == (409, "x")
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+ENCODED_BODIES: dict[str, tuple[str, Callable[[bytes], bytes], bool]] = {
+    # name: (Content-Encoding, encoder, decodable within the cap)
+    "gzip": ("gzip", gzip.compress, True),
+    "deflate-zlib": ("deflate", zlib.compress, True),
+    "deflate-raw": ("deflate", _raw_deflate, True),
+    "gzip-gzip": ("gzip, gzip", lambda b: gzip.compress(gzip.compress(b)), True),
+    "deflate-then-gzip": ("deflate, gzip", lambda b: gzip.compress(zlib.compress(b)), True),
+    "identity-gzip": ("identity, gzip", gzip.compress, True),
+    "unknown-is-ignored": ("x-custom", lambda b: b, True),
+    "br": ("br", lambda b: b, False),
+    "zstd": ("zstd", lambda b: b, False),
+    "corrupt-gzip": ("gzip", lambda b: b"\x1f\x8b\x09" + gzip.compress(b)[3:], False),
+    "not-gzip": ("gzip", lambda b: b, False),
+    "bomb": ("gzip", lambda b: gzip.compress(b + b" " * (4 * 1024 * 1024)), False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ENCODED_BODIES))
+@pytest.mark.parametrize("chunk", [7, 65536])
+def test_encoded_error_bodies_are_decoded_within_the_cap(case: str, chunk: int) -> None:
+    encoding, encode, decodable = ENCODED_BODIES[case]
+    body = documented(401, "not_authorized_error", "invalid_api_key")
+    raw = encode(body)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        parts = [raw[i : i + chunk] for i in range(0, len(raw), chunk)]
+        return httpx.Response(401, content=iter(parts), headers={"Content-Encoding": encoding})
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler)) as client,
+        client.stream("GET", "https://api.scaling.cloud/v1/x") as response,
+    ):
+        read = read_error_body(response)
+        if decodable:
+            assert read == body
+            assert response.read() == body  # the caller still gets the whole answer
+        else:
+            assert read is None
+            assert response.stream is not None
+            assert b"".join(response.iter_raw()) == raw  # handed back whole, unread
+
+
+def test_a_body_that_drips_past_the_deadline_is_given_up() -> None:
+    clock = FakeClock()
+    body = documented(401, "not_authorized_error", "invalid_api_key")
+
+    def drip() -> Iterator[bytes]:
+        for index in range(len(body)):
+            clock.advance(1.0)  # each byte a second after the one before
+            yield body[index : index + 1]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, content=drip())
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler)) as client,
+        client.stream("GET", "https://api.scaling.cloud/v1/x") as response,
+    ):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_api, "_clock", clock)
+            assert read_error_body(response) is None
+        assert response.read() == body
 
 
 # ====================================================================== real sockets

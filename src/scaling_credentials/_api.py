@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import httpx
@@ -62,6 +64,14 @@ def parse_error_body(content: bytes) -> ErrorBody:
     return ErrorBody(type=text("type"), code=text("code"), request_id=text("requestId"))
 
 
+# How long reading one error body may take, from its first read: a documented body is a
+# few hundred bytes in one packet. A body that drips (each byte within the read timeout)
+# is given up on after this; a read that stalls ends with the client's read timeout, so
+# a 401 holds a request at most ERROR_BODY_SECONDS plus one read timeout.
+ERROR_BODY_SECONDS = 5.0
+_clock: Callable[[], float] = time.monotonic
+
+
 def _length(response: httpx.Response) -> int | None:
     """Content-Length as an int; -1 when it is malformed; None when absent."""
     length = response.headers.get("content-length")
@@ -70,8 +80,94 @@ def _length(response: httpx.Response) -> int | None:
     return int(length) if length.isdigit() else -1
 
 
-def _is_identity(response: httpx.Response) -> bool:
-    return response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
+class _Inflate:
+    """One ``gzip`` or ``deflate`` layer of a body, decoded as httpx decodes it (one gzip
+    member; deflate with a zlib header, else raw), but never producing more than
+    ``MAX_ERROR_BODY + 1`` bytes in all: a decompression bomb stops here."""
+
+    def __init__(self, encoding: str) -> None:
+        self._deflate = encoding == "deflate"
+        bits = zlib.MAX_WBITS if self._deflate else zlib.MAX_WBITS | 16
+        self._inflater = zlib.decompressobj(bits)
+        self._first = True
+        self.room = MAX_ERROR_BODY + 1
+
+    def feed(self, data: bytes) -> bytes | None:
+        """The bytes ``data`` decodes to; ``None`` when they would pass the cap."""
+        first, self._first = self._first, False
+        try:
+            out = self._inflater.decompress(data, self.room)
+        except zlib.error:
+            if not (first and self._deflate):
+                raise
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate
+            out = self._inflater.decompress(data, self.room)
+        self.room -= len(out)
+        if self._inflater.unconsumed_tail or self.room <= 0:
+            return None
+        return out
+
+    def finish(self) -> bytes | None:
+        out = self._inflater.flush()
+        self.room -= len(out)
+        return None if self.room <= 0 else out
+
+
+class _ErrorBody:
+    """What one error answer's body decodes to, fed raw chunk by chunk: the one schedule
+    :func:`read_error_body` and :func:`aread_error_body` share. It stops (``feed``
+    returns False) once the raw or the decoded body passes ``MAX_ERROR_BODY``, when
+    ``ERROR_BODY_SECONDS`` have passed, or on an encoding it cannot decode within
+    bounds; :meth:`result` is then ``None``."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.raw: list[bytes] = []
+        self._raw_size = 0
+        self._decoded: list[bytes] = []
+        self._size = 0
+        self._deadline = _clock() + ERROR_BODY_SECONDS
+        self._layers: list[_Inflate] = []
+        self.failed = False
+        # Content-Encoding lists encodings in the order applied: undo them in reverse.
+        # httpx ignores encodings it does not know, so do we; br and zstd have no
+        # bounded decoder here, so such a body is not taken for the documented JSON.
+        for value in reversed(response.headers.get_list("content-encoding", split_commas=True)):
+            encoding = value.strip().lower()
+            if encoding in ("gzip", "deflate"):
+                self._layers.append(_Inflate(encoding))
+            elif encoding in ("br", "zstd"):
+                self.failed = True
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take one raw chunk; False when reading should stop."""
+        self.raw.append(chunk)
+        self._raw_size += len(chunk)
+        if self.failed or self._raw_size > MAX_ERROR_BODY:
+            self.failed = True
+            return False
+        if not self._decode(chunk, final=False) or _clock() > self._deadline:
+            self.failed = True
+        return not self.failed
+
+    def result(self) -> bytes | None:
+        """The decoded body once the stream ended; ``None`` if reading stopped early."""
+        if self.failed or not self._decode(b"", final=True):
+            return None
+        return b"".join(self._decoded)
+
+    def _decode(self, data: bytes, *, final: bool) -> bool:
+        try:
+            for layer in self._layers:
+                out = layer.feed(data) if data else b""
+                tail = layer.finish() if final else b""
+                if out is None or tail is None:
+                    return False
+                data = out + tail
+        except zlib.error:
+            return False  # not what it claims to be: httpx could not decode it either
+        self._decoded.append(data)
+        self._size += len(data)
+        return self._size <= MAX_ERROR_BODY
 
 
 class _ReplaySync(httpx.SyncByteStream):
@@ -106,63 +202,66 @@ class _ReplayAsync(httpx.AsyncByteStream):
         await self._original.aclose()
 
 
-def _already_read(response: httpx.Response) -> bytes | None:
+def _without_reading(response: httpx.Response) -> tuple[bool, bytes | None]:
+    """``(True, body)`` when the answer is known without reading: ``None`` for a
+    ``Content-Length`` over the cap or one that cannot be trusted, or the body already
+    read (``None`` if over the cap). ``(False, None)`` when the body must be read."""
+    length = _length(response)
+    if length is not None and not 0 <= length <= MAX_ERROR_BODY:
+        return True, None
     try:
-        return response.content
+        content = response.content
     except httpx.ResponseNotRead:
-        return None
+        pass
+    else:
+        return True, content if len(content) <= MAX_ERROR_BODY else None
+    if response.is_stream_consumed:
+        raise httpx.StreamConsumed()
+    if response.is_closed:
+        raise httpx.StreamClosed()
+    return False, None
 
 
 def read_error_body(response: httpx.Response) -> bytes | None:
-    """An error answer's body when it may be the API's error JSON, read at most
-    ``MAX_ERROR_BODY + 1`` bytes deep; ``None`` when it is larger (then whatever was read
-    is put back in front of the unread rest, so the caller still gets the whole response,
-    streaming). A body that stalls or never ends does not hold the request. Raises
+    """An error answer's body when it may be the API's error JSON: at most
+    ``MAX_ERROR_BODY`` bytes, counted after decoding (gzip, deflate, in any number of
+    layers), read for at most ``ERROR_BODY_SECONDS``. ``None`` when the body is larger,
+    slower, or not decodable within those bounds; whatever was read is then put back in
+    front of the unread rest, so the caller still gets the whole response, streaming
+    (and so it does when the body was read whole: the response is left unread). Raises
     :class:`RuntimeError` for an async stream (use :func:`aread_error_body`)."""
-    length = _length(response)
-    if length is not None and not 0 <= length <= MAX_ERROR_BODY:
-        return None  # too large, or a length that cannot be trusted
-    content = _already_read(response)
-    if content is not None or length is not None:
-        return content if content is not None else response.read()
+    known, content = _without_reading(response)
+    if known:
+        return content
     stream = response.stream
-    if not _is_identity(response) or not isinstance(stream, httpx.SyncByteStream):
-        return response.read()  # compressed: only httpx's reader can decode it
-    head: list[bytes] = []
-    size = 0
+    if not isinstance(stream, httpx.SyncByteStream):
+        raise RuntimeError("an async response: use aread_error_body")
+    body = _ErrorBody(response)
     rest = iter(stream)
     for chunk in rest:
-        head.append(chunk)
-        size += len(chunk)
-        if size > MAX_ERROR_BODY:
-            response.stream = _ReplaySync(head, rest, stream)
+        if not body.feed(chunk):
+            response.stream = _ReplaySync(body.raw, rest, stream)
             return None
-    response.stream = _ReplaySync(head, iter(()), stream)
-    return response.read()
+    response.stream = _ReplaySync(body.raw, iter(()), stream)
+    return body.result()
 
 
 async def aread_error_body(response: httpx.Response) -> bytes | None:
     """The async twin of :func:`read_error_body`."""
-    length = _length(response)
-    if length is not None and not 0 <= length <= MAX_ERROR_BODY:
-        return None
-    content = _already_read(response)
-    if content is not None or length is not None:
-        return content if content is not None else await response.aread()
+    known, content = _without_reading(response)
+    if known:
+        return content
     stream = response.stream
-    if not _is_identity(response) or not isinstance(stream, httpx.AsyncByteStream):
-        return await response.aread()
-    head: list[bytes] = []
-    size = 0
+    if not isinstance(stream, httpx.AsyncByteStream):
+        raise RuntimeError("a sync response: use read_error_body")
+    body = _ErrorBody(response)
     rest = stream.__aiter__()
     async for chunk in rest:
-        head.append(chunk)
-        size += len(chunk)
-        if size > MAX_ERROR_BODY:
-            response.stream = _ReplayAsync(head, rest, stream)
+        if not body.feed(chunk):
+            response.stream = _ReplayAsync(body.raw, rest, stream)
             return None
-    response.stream = _ReplayAsync(head, _empty(), stream)
-    return await response.aread()
+    response.stream = _ReplayAsync(body.raw, _empty(), stream)
+    return body.result()
 
 
 async def _empty() -> AsyncIterator[bytes]:

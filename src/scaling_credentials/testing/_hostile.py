@@ -276,7 +276,7 @@ class HostileServer:
     @staticmethod
     def drip(
         status: int = 401,
-        body: bytes = b'{"statusCode": 401, "code": "invalid_api_key"}' + b" " * 65536,
+        body: bytes = b'{"statusCode": 401, "code": "invalid_api_key"' + b" " * 4096 + b"}",
         *,
         interval: float = 0.2,
         headers: Iterable[tuple[str, str]] = (),
