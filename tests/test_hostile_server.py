@@ -11,7 +11,11 @@ The server is :class:`scaling_credentials.testing.HostileServer` (fixture
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import gzip
+import json
+import tracemalloc
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -19,13 +23,24 @@ import pytest
 from scaling_credentials import (
     ConfigurationError,
     KeyCache,
+    ScalingAPIError,
     ScalingAuth,
+    _api,
     async_scaling_client,
+    raise_for_scaling_error,
     scaling_client,
 )
-from scaling_credentials.testing import FakeScalingAPI, HostileServer, MemoryProvider
+from scaling_credentials.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, main
+from scaling_credentials.testing import (
+    FakeClock,
+    FakeScalingAPI,
+    HostileServer,
+    MemoryProvider,
+    ScriptedResponse,
+)
 from scaling_credentials.testing.provider_suite import assert_no_secret
 
+T = TypeVar("T")
 KEY = "scl_live_HOSTILEkey0123456789abcdefXYZ"
 TOKEN = KEY.removeprefix("scl_live_")
 PROXY_VARIABLES = (
@@ -134,3 +149,222 @@ def test_https_through_a_proxy_stays_allowed_and_the_proxy_sees_only_connect(
         client.get("https://api.scaling.cloud/v1/oncall/schedules")
     assert [(h.method, h.target) for h in proxy.hits] == [("CONNECT", "api.scaling.cloud:443")]
     assert_no_key(proxy.received)
+
+
+# ============================================================================ hostile bodies
+
+MIB = 1024 * 1024
+BOMB = 256 * MIB  # decoded size; about 1 KiB on the wire
+# What reading a 401 may cost: 64 KiB of body and a few decoder buffers. Far below the
+# size of any bomb here, far above what the reader keeps.
+MEMORY_BUDGET = 4 * MIB
+REJECTION = b'{"statusCode": 401, "type": "not_authorized_error", "code": "invalid_api_key"}'
+
+HOSTILE_401S = {
+    "gzip-gzip-bomb": lambda: HostileServer.gzip_bomb(size=BOMB, layers=2),
+    "gzip-bomb-chunked": lambda: HostileServer.gzip_bomb(size=BOMB, layers=1, length=False),
+    "gzip-x3-bomb": lambda: HostileServer.gzip_bomb(size=BOMB, layers=3),
+    "endless-gzip": lambda: HostileServer.endless(gzip=True),
+    "endless": lambda: HostileServer.endless(),
+}
+
+
+def traced(action: Callable[[], T]) -> tuple[T, int]:
+    """``action()`` and the peak of memory it allocated (tracemalloc), in bytes."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        result = action()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return result, peak - before
+
+
+@pytest.fixture
+def origin(hostile_server: HostileServer) -> HostileServer:
+    """The hostile server, as the origin a client's base URL points at."""
+    return hostile_server
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_401S))
+def test_scaling_client_reads_at_most_64_kib_of_a_hostile_401(
+    origin: HostileServer, case: str
+) -> None:
+    origin.route("/v1/oncall/schedules", HOSTILE_401S[case]())
+    provider = MemoryProvider(KEY)
+    with scaling_client(provider, base_url=origin.url + "/v1") as client:
+
+        def request() -> tuple[int, ScalingAPIError]:
+            with client.stream("GET", "/oncall/schedules") as response:
+                with pytest.raises(ScalingAPIError) as info:
+                    raise_for_scaling_error(response)
+                return response.status_code, info.value
+
+        (status, error), peak = traced(request)
+    assert status == 401 and error.status_code == 401 and error.code is None
+    assert peak < MEMORY_BUDGET, f"reading the 401 allocated {peak / MIB:.1f} MiB"
+    assert provider.fetches == 1  # not a rejection: no refresh
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_401S))
+def test_async_scaling_client_reads_at_most_64_kib_of_a_hostile_401(
+    origin: HostileServer, case: str
+) -> None:
+    origin.route("/v1/oncall/schedules", HOSTILE_401S[case]())
+    provider = MemoryProvider(KEY)
+
+    async def scenario() -> int:
+        async with (
+            async_scaling_client(provider, base_url=origin.url + "/v1") as client,
+            client.stream("GET", "/oncall/schedules") as response,
+        ):
+            return response.status_code
+
+    status, peak = traced(lambda: asyncio.run(scenario()))
+    assert status == 401
+    assert peak < MEMORY_BUDGET, f"reading the 401 allocated {peak / MIB:.1f} MiB"
+    assert provider.fetches == 1
+
+
+def test_a_hostile_401_from_a_redirect_target_is_capped_too(
+    api: FakeScalingAPI, hostile_server: HostileServer
+) -> None:
+    hostile_server.route("/bomb", HostileServer.gzip_bomb(size=BOMB))
+    api.script(ScriptedResponse(307, b"", headers=(("Location", hostile_server.url + "/bomb"),)))
+    provider = MemoryProvider(api.issue_key())
+    with scaling_client(provider, base_url=api.url, follow_redirects=True) as client:
+
+        def request() -> int:
+            with client.stream("GET", "/oncall/schedules") as response:
+                with pytest.raises(ScalingAPIError):
+                    raise_for_scaling_error(response)
+                return response.status_code
+
+        status, peak = traced(request)
+    assert status == 401
+    assert peak < MEMORY_BUDGET, f"reading the 401 allocated {peak / MIB:.1f} MiB"
+    assert_no_key(hostile_server.received)
+
+
+def test_a_small_gzip_encoded_rejection_is_still_recognized(
+    api: FakeScalingAPI, hostile_server: HostileServer
+) -> None:
+    # Bounded decoding still decodes: a compressed invalid_api_key is a rejection.
+    compressed = gzip.compress(gzip.compress(REJECTION))
+    hostile_server.route(
+        "/v1/oncall/schedules",
+        HostileServer.json(401, compressed, [("Content-Encoding", "gzip, gzip")]),
+    )
+    provider = MemoryProvider(KEY)
+    cache = KeyCache(provider, min_refresh_interval=0)
+    with scaling_client(cache, base_url=hostile_server.url + "/v1") as client:
+        cache.get()
+        provider.value = "scl_live_theNEXTkey0123456789abcdef"
+        response = client.get("/oncall/schedules")
+    assert response.status_code == 401
+    assert provider.fetches == 2  # the rejection was read and the key refetched
+    assert len(hostile_server.hits) == 2  # and the request resent once
+
+
+def ticking(step: float = 1.0) -> Callable[[], float]:
+    """A clock that moves ``step`` seconds at every reading: a deadline passes after a
+    known number of reads, however fast or slow the machine."""
+    clock = FakeClock()
+
+    def now() -> float:
+        clock.advance(step)
+        return clock()
+
+    return now
+
+
+def test_a_dripping_401_does_not_hold_the_request(
+    origin: HostileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One byte every 50 ms of a 4 KiB body takes over 3 minutes, each read well within
+    # any read timeout. The reader stops at ERROR_BODY_SECONDS (the clock moves one
+    # second per chunk here) and hands the response back, streaming.
+    monkeypatch.setattr(_api, "_clock", ticking(), raising=False)
+    origin.route("/v1/oncall/schedules", HostileServer.drip(interval=0.05))
+    provider = MemoryProvider(KEY)
+    with (
+        scaling_client(provider, base_url=origin.url + "/v1") as client,
+        client.stream("GET", "/oncall/schedules") as response,
+    ):
+        assert response.status_code == 401
+        assert not response.is_stream_consumed
+    assert provider.fetches == 1
+    assert origin.sent < 1024  # the head and a few bytes of the body, then it gave up
+
+
+# ============================================================================ the CLI
+
+
+def run_check(
+    origin: HostileServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    *options: str,
+) -> tuple[int, str, str]:
+    """``scaling-credentials check --json`` in this process, against ``origin``."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOSTILE_TEST_KEY", KEY)
+    capsys.readouterr()
+    code = main(
+        [
+            "check",
+            "--source",
+            "env:HOSTILE_TEST_KEY",
+            "--base-url",
+            origin.url + "/v1",
+            "--json",
+            *options,
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert_no_key(out, err)
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(401, EXIT_FAILED), (200, EXIT_OK), (302, EXIT_CONFIG), (500, EXIT_FAILED)],
+)
+def test_cli_check_reads_at_most_64_kib_of_a_hostile_answer(
+    origin: HostileServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    status: int,
+    expected: int,
+) -> None:
+    origin.route("/v1/oncall/schedules", HostileServer.gzip_bomb(status, size=BOMB))
+    (code, out, _), peak = traced(lambda: run_check(origin, monkeypatch, capsys))
+    assert code == expected
+    assert json.loads(out)["status"] == status
+    assert peak < MEMORY_BUDGET, f"the check allocated {peak / MIB:.1f} MiB"
+
+
+def test_cli_check_reads_the_documented_error_of_an_encoded_401(
+    origin: HostileServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = REJECTION[:-1] + b', "requestId": "req-hostile-1"}'
+    origin.route(
+        "/v1/oncall/schedules",
+        HostileServer.json(401, gzip.compress(body), [("Content-Encoding", "gzip")]),
+    )
+    code, out, _ = run_check(origin, monkeypatch, capsys)
+    document = json.loads(out)
+    assert code == EXIT_FAILED
+    assert (document["code"], document["request_id"]) == ("invalid_api_key", "req-hostile-1")
+
+
+def test_cli_check_is_bounded_by_its_timeout_against_a_drip(
+    origin: HostileServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    origin.route("/v1/oncall/schedules", HostileServer.drip(200, interval=0.05))
+    code, _out, _ = run_check(origin, monkeypatch, capsys, "--timeout", "1")
+    assert code in (EXIT_OK, EXIT_FAILED)  # answered 200 in time, or gave up at --timeout
+    assert origin.sent < 1024

@@ -260,11 +260,13 @@ def _base_url(option: str | None) -> httpx.URL:
 @dataclass(frozen=True)
 class CheckAnswer:
     """What the check's request came to: the response, or the transport error, or
-    neither when it did not finish within the deadline."""
+    neither when it did not finish within the deadline. ``body`` is the error body as
+    read (at most 64 KiB, decoded); ``None`` means the response's own content, if read."""
 
     response: httpx.Response | None
     error: BaseException | None
     seconds: float
+    body: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -303,7 +305,7 @@ def check_verdict(answer: CheckAnswer, *, url: str, timeout: float) -> Verdict:
         return Verdict(
             EXIT_FAILED, f"FAILED: {problem}; check the network path and --base-url", fields
         )
-    body = parse_error_body(response.content)
+    body = parse_error_body(_error_content(answer, response))
     request_id = body.request_id or response.headers.get("x-request-id")
     fields.update(
         status=response.status_code,
@@ -347,13 +349,23 @@ def check_verdict(answer: CheckAnswer, *, url: str, timeout: float) -> Verdict:
     return Verdict(code, text, fields)
 
 
+def _error_content(answer: CheckAnswer, response: httpx.Response) -> bytes:
+    if answer.body is not None:
+        return answer.body
+    try:
+        return response.content
+    except httpx.ResponseNotRead:
+        return b""
+
+
 def _send_check(
     args: argparse.Namespace, base_url: httpx.URL, cache: KeyCache, timeout: float
 ) -> CheckAnswer:
     """``GET /oncall/schedules`` through the cache's auth, bounded by ``timeout`` in all
     (httpx's timeouts bound each read, not a slow drip): the request runs in a daemon
-    thread that is abandoned when the deadline passes."""
-    from ._api import scaling_client
+    thread that is abandoned when the deadline passes. The answer is streamed: a success
+    body is never read, an error body at most 64 KiB deep after decoding."""
+    from ._api import read_error_body, scaling_client
 
     box: list[CheckAnswer] = []
     started = time.perf_counter()
@@ -367,11 +379,12 @@ def _send_check(
             follow_redirects=False,
         ) as client:
             try:
-                response = client.get(CHECK_PATH)
+                with client.stream("GET", CHECK_PATH) as response:
+                    body = None if response.is_success else read_error_body(response) or b""
             except httpx.HTTPError as exc:
                 box.append(CheckAnswer(None, exc, time.perf_counter() - started))
             else:
-                box.append(CheckAnswer(response, None, time.perf_counter() - started))
+                box.append(CheckAnswer(response, None, time.perf_counter() - started, body))
 
     errors: list[BaseException] = []
 
