@@ -20,7 +20,7 @@ from ._cache import KeyCache, RefreshOutcome
 from ._errors import ConfigurationError, ScalingCredentialsError
 from ._key import ApiKey
 from ._provider import Provider
-from ._redact import get_logger
+from ._redact import get_logger, looks_like_key
 
 __all__ = ["ScalingAuth", "is_key_rejection", "retry_decision"]
 
@@ -134,6 +134,25 @@ def check_not_proxied(url: httpx.URL) -> None:
     )
 
 
+def _key_in_url(url: httpx.URL) -> bool:
+    """Whether the URL (host, user info, path or query) holds something shaped like an
+    API key: a cheap test first, as it runs for every request."""
+    for part in (url.raw_path, url.userinfo, url.raw_host):
+        if (b"scl" in part or b"%" in part) and looks_like_key(part.decode("ascii", "replace")):
+            return True
+    return False
+
+
+def check_url(url: httpx.URL) -> None:
+    """Raise :class:`ConfigurationError` when ``url`` holds an API key: the key would
+    be written to the server's and every proxy's access logs (and to httpx's errors)."""
+    if _key_in_url(url):
+        raise ConfigurationError(
+            "refusing to send a request whose URL holds an API key (scl_live_...): the key "
+            "travels only in the Authorization header; check the base URL and the path"
+        )
+
+
 def is_key_rejection(response: httpx.Response) -> bool:
     """True for a 401 whose JSON ``code`` is ``invalid_api_key`` (the body must be read)."""
     if response.status_code != 401:
@@ -237,6 +256,7 @@ class ScalingAuth(httpx.Auth):
 
     def _check(self, request: httpx.Request) -> None:
         url = request.url
+        check_url(url)
         marker = (url.scheme, url.host, url.port)
         if marker in self._checked:
             return

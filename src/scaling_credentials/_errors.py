@@ -11,7 +11,9 @@
     └── ScalingAPIError           .status_code .type .code .request_id .response
 
 No message in this tree ever contains a secret value: providers describe *where* they
-looked, never *what* they found.
+looked, never *what* they found. As a last line of defence, every message is masked when
+the error is built (:func:`scaling_credentials.toolkit.redact`): a key pasted into a
+setting that a message quotes comes out as ``scl_live_****abcd``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,20 @@ __all__ = [
 
 
 class ScalingCredentialsError(Exception):
-    """Base class of every error raised by scaling-credentials."""
+    """Base class of every error raised by scaling-credentials.
+
+    Its text arguments are masked when it is built: keys, Vault tokens and AWS
+    credentials in a message never reach a log or a traceback.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(_masked(a) if isinstance(a, str) else a for a in args))
+
+
+def _masked(text: str) -> str:
+    from ._redact import redact  # imported late: _redact needs _key, which needs us
+
+    return redact(text)
 
 
 class ConfigurationError(ScalingCredentialsError, ValueError):
@@ -57,7 +72,7 @@ class ProviderError(ScalingCredentialsError):
 
     def __init__(self, message: str, *, provider: str | None = None) -> None:
         super().__init__(message)
-        self.provider = provider
+        self.provider = None if provider is None else _masked(provider)
 
 
 class SecretNotFoundError(ProviderError):

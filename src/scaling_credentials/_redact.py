@@ -15,7 +15,6 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final
-from urllib.parse import unquote
 
 from ._key import KEY_PREFIX, mask
 
@@ -28,35 +27,54 @@ __all__ = [
     "redact_text",
 ]
 
+
+def _encodable(text: str) -> str:
+    """A pattern for ``text`` with any of its characters percent-encoded, once or more
+    (``_``, ``%5F``, ``%5f``, ``%255F``, ...), as it appears in URIs and their logs."""
+    parts = []
+    for char in text:
+        code = f"{ord(char):02X}"
+        high, low = code[0], code[1]
+        parts.append(f"(?:{re.escape(char)}|%(?:25)*{high}[{low}{low.lower()}])")
+    return "".join(parts)
+
+
 # A key is the prefix and a run of visible ASCII. The run stops at whitespace, quotes,
 # backslashes and angle brackets, so that a key inside JSON, a repr, escaped bytes or
 # HTML is cut at its end; other punctuation is taken in (a key may contain it), which at
-# worst masks a few characters of what follows. The prefix is also recognized with its
-# underscores percent-encoded (scl%5Flive%5F...), as it appears in a URI.
-KEY_PATTERN: Final = re.compile(r"""scl(?:_|%5[Ff])live(?:_|%5[Ff])[^\s"'`\\<>]+""")
-KEY_PATTERN_PREFIX: Final = re.compile(r"scl(?:_|%5[Ff])live(?:_|%5[Ff])")
-# What mask() produces starts so: left as it is, so that masking twice changes nothing.
-_MASKED: Final = KEY_PREFIX + "****"
-# A placeholder in prose ("scl_live_...)," in a message that says what a key looks like).
-_PLACEHOLDER: Final = re.compile(r"scl_live_[.*]+[)\],;:!?]*")
+# worst masks a few characters of what follows. The prefix is also recognized with any
+# of its characters percent-encoded, at any depth (scl%5Flive%5F..., %73cl_live_...,
+# scl%255Flive...), as it appears in a URI pasted where a key does not belong.
+KEY_PATTERN_PREFIX: Final = re.compile(_encodable(KEY_PREFIX))
+KEY_PATTERN: Final = re.compile(
+    f"(?P<prefix>{KEY_PATTERN_PREFIX.pattern})" + r"""(?P<token>[^\s"'`\\<>]+)"""
+)
+_SECRET_MASK: Final = "****"
+# A placeholder in prose ("scl_live_...)," in a message that says what a key looks like):
+# what follows the prefix is dots or stars and closing punctuation.
+_PLACEHOLDER: Final = re.compile(r"[.*]+[)\],;:!?]*")
+
+
 # Other credentials that travel near the key: Vault and OpenBao tokens (hvs./hvb./hvr.
 # service, batch and recovery tokens; s./b./r. legacy ones).
 _OTHER_SECRETS: Final = (re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_-]{16,}"),)
-_SECRET_MASK: Final = "****"
-# A key-shaped hint for texts that hold no key: cheap to test before the regular expressions.
-_KEY_MARKERS: Final = ("scl_live", "scl%5", "live%5")
+
+
+# A cheap test before the regular expression: a text holding neither holds no key.
+_KEY_MARKERS: Final = ("scl", "%")
 
 
 def looks_like_key(text: str) -> bool:
-    """Whether ``text`` holds something shaped like a Scaling API key, also once
-    percent-decoded (a key pasted where a name, a path or a URI belongs)."""
-    return KEY_PREFIX in text or KEY_PREFIX in unquote(text)
+    """Whether ``text`` holds something shaped like a Scaling API key, also with its
+    prefix percent-encoded (a key pasted where a name, a path or a URI belongs)."""
+    return KEY_PATTERN_PREFIX.search(text) is not None
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every key-shaped run masked (``scl_live_****abcd``), every Vault
-    token shape and every string in ``secrets`` (known credentials: a token, a secret ID)
-    replaced by ``****``. Idempotent: redacting twice changes nothing more."""
+    token shape and every string in ``secrets`` (known credentials: a token, a secret
+    ID) replaced by ``****``.
+    Idempotent: redacting twice changes nothing more."""
     for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, _SECRET_MASK)
     if any(marker in text for marker in _KEY_MARKERS):
@@ -85,10 +103,10 @@ def redact_text(text: str) -> str:
 
 
 def _mask_match(match: re.Match[str]) -> str:
-    found = match.group(0)
-    if found.startswith(_MASKED) or _PLACEHOLDER.fullmatch(found):
-        return found
-    return mask(KEY_PREFIX + KEY_PATTERN_PREFIX.sub("", found, count=1))
+    token = match.group("token")
+    if token.startswith(_SECRET_MASK) or _PLACEHOLDER.fullmatch(token):
+        return match.group(0)  # already masked, or a placeholder: left as it is
+    return mask(KEY_PREFIX + token)
 
 
 def _redact_value(value: object) -> object:

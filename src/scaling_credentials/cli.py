@@ -505,22 +505,28 @@ def _cmd_demo(args: argparse.Namespace, out: _Out) -> int:
 
 
 def _positive_seconds(text: str) -> float:
+    value: float | None = None
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+        pass  # raised below, outside this block: float()'s error quotes the text
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {redact(repr(text))}")
     if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {redact(repr(text))}")
     return value
 
 
 def _count(text: str) -> int:
+    value: int | None = None
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        pass  # raised below, outside this block: int()'s error quotes the text
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {redact(repr(text))}")
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {redact(repr(text))}")
     return value
 
 
@@ -538,8 +544,9 @@ class _RotationsAction(argparse.Action):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        # argparse quotes what it could not parse: a key given to the wrong flag too.
         self.print_usage(sys.stderr)
-        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {redact(message)}\n")
 
 
 # The grammar as docs/configuration.md spells it (tests/test_docs_uri_grammar.py checks).
@@ -762,7 +769,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(exc: BaseException, args: argparse.Namespace, out: _Out, code: int, text: str) -> int:
     if args.debug:
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        print(redact(text), end="", file=sys.stderr, flush=True)
     _Out.error(text)
     out.document(
         {
