@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Final, NamedTuple
 
 from ._key import KEY_PREFIX, mask
 
@@ -55,9 +55,58 @@ _SECRET_MASK: Final = "****"
 _PLACEHOLDER: Final = re.compile(r"[.*]+[)\],;:!?]*")
 
 
-# Other credentials that travel near the key: Vault and OpenBao tokens (hvs./hvb./hvr.
-# service, batch and recovery tokens; s./b./r. legacy ones).
-_OTHER_SECRETS: Final = (re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_-]{16,}"),)
+class _Shape(NamedTuple):
+    """A credential shape: a pattern, and the markers (substrings) without which a text
+    cannot hold it, tested first because they are far cheaper than the pattern."""
+
+    markers: tuple[str, ...]
+    pattern: re.Pattern[str]
+
+
+# Other credentials that travel near the key. What a pattern's groups hold is kept (a
+# label, the kind of an access key ID); the rest of the match is masked.
+_OTHER_SECRETS: Final = (
+    # Vault and OpenBao tokens: hvs./hvb./hvr. service, batch and recovery tokens;
+    # s./b./r. legacy ones.
+    _Shape(("s.", "b.", "r."), re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_-]{16,}")),
+    # AWS access key IDs, long-term (AKIA) and temporary (ASIA): the kind stays visible.
+    _Shape(("AKIA", "ASIA"), re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")),
+    # JSON Web Tokens (a Kubernetes service account's, a JWT auth method's).
+    _Shape(("eyJ",), re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")),
+)
+# Credentials by their label, in headers (botocore logs x-amz-security-token in the
+# request headers and the canonical request), JSON, XML, query strings, reprs and
+# configuration lines: AWS secret access keys and session tokens (any label ending in
+# "token": X-Amz-Security-Token, SessionToken, the Lambda extension's
+# X-Aws-Parameters-Secrets-Token, X-Vault-Token, client_token), AppRole secret IDs,
+# SigV4 signatures. Matched in the lower-cased text (far quicker than ignoring case);
+# the label and what separates it from the value are kept, and a Scaling key there is
+# left to the key's own masking (which keeps its last four characters).
+_LABELLED: Final = re.compile(
+    r"""(?x)
+    (?: token | secret_?(?:access_?key|id) | signature )
+    (?: ["']? \s* [:=] \s* b?["']? | ["']? \s* > )
+    (?!scl_live_) (?P<value> [a-z0-9/+=%._-]{8,} )
+    """
+)
+_LABELLED_IGNORING_CASE: Final = re.compile(_LABELLED.pattern, re.IGNORECASE | re.VERBOSE)
+_LABEL_MARKERS: Final = ("token", "secret", "signature")
+
+
+def _mask_labelled(text: str) -> str:
+    folded = text.lower()
+    if not any(marker in folded for marker in _LABEL_MARKERS):
+        return text
+    if len(folded) != len(text):  # lower() changed the length: positions would not match
+        return _LABELLED_IGNORING_CASE.sub(
+            lambda m: m.group(0)[: m.start("value") - m.start()] + _SECRET_MASK, text
+        )
+    parts: list[str] = []
+    last = 0
+    for match in _LABELLED.finditer(folded):
+        parts += [text[last : match.start("value")], _SECRET_MASK]
+        last = match.end("value")
+    return "".join(parts) + text[last:] if parts else text
 
 
 # A cheap test before the regular expression: a text holding neither holds no key.
@@ -72,16 +121,18 @@ def looks_like_key(text: str) -> bool:
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every key-shaped run masked (``scl_live_****abcd``), every Vault
-    token shape and every string in ``secrets`` (known credentials: a token, a secret
-    ID) replaced by ``****``.
+    token, AWS access key ID, session token and secret access key, JWT and signature
+    masked (``****``, an access key ID keeps its ``AKIA``/``ASIA``), and every string in
+    ``secrets`` (known credentials: a token, a secret ID) replaced by ``****``.
     Idempotent: redacting twice changes nothing more."""
     for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, _SECRET_MASK)
     if any(marker in text for marker in _KEY_MARKERS):
         text = KEY_PATTERN.sub(_mask_match, text)
-    for pattern in _OTHER_SECRETS:
-        text = pattern.sub(_SECRET_MASK, text)
-    return text
+    for shape in _OTHER_SECRETS:
+        if any(marker in text for marker in shape.markers):
+            text = shape.pattern.sub(_mask_other, text)
+    return _mask_labelled(text)
 
 
 # Loggers of libraries that can log request or response bodies or headers at DEBUG.
@@ -107,6 +158,10 @@ def _mask_match(match: re.Match[str]) -> str:
     if token.startswith(_SECRET_MASK) or _PLACEHOLDER.fullmatch(token):
         return match.group(0)  # already masked, or a placeholder: left as it is
     return mask(KEY_PREFIX + token)
+
+
+def _mask_other(match: re.Match[str]) -> str:
+    return "".join(group or "" for group in match.groups()) + _SECRET_MASK
 
 
 def _redact_value(value: object) -> object:
