@@ -401,3 +401,17 @@ def test_a_url_that_holds_a_key_is_refused_before_anything_is_sent(
     ):
         client.get(api.url.removesuffix("/v1") + path)
     assert api.requests == []
+
+
+def test_cli_option_parsers_keep_no_parse_error_in_the_chain() -> None:
+    # ``raise ... from None`` hides float()'s ValueError (which quotes the text) but
+    # keeps it as __context__: the parsers raise outside the except block instead.
+    import argparse
+
+    from scaling_credentials.cli import _count, _positive_seconds
+
+    for parse in (_positive_seconds, _count):
+        with pytest.raises(argparse.ArgumentTypeError) as info:
+            parse(KEY)
+        assert info.value.__context__ is None and info.value.__cause__ is None
+        assert TOKEN not in str(info.value)
