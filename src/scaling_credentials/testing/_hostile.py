@@ -244,10 +244,15 @@ class HostileServer:
         return answer
 
     @staticmethod
-    def endless(status: int = 401, *, gzip: bool = False, chunk: int = 16 * 1024) -> Answer:
-        """A chunked answer that never ends (until the client goes away or the server
-        stops): JSON-looking text, or with ``gzip=True`` a gzip stream of zeros (each
-        ``chunk`` bytes on the wire decode to about a thousand times more)."""
+    def endless(
+        status: int = 401, *, gzip: bool = False, chunk: int = 16 * 1024, limit: int = 256 * MIB
+    ) -> Answer:
+        """A chunked answer that never ends: JSON-looking text, or with ``gzip=True`` a
+        gzip stream of zeros (each ``chunk`` bytes on the wire decode to about a thousand
+        times more). After ``limit`` bytes of body (counted decoded), it stalls with the
+        connection open instead, so that a client that reads without bound is not run
+        out of memory by its own test; it ends when the client leaves or the server
+        stops."""
         headers = [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")]
         if gzip:
             headers.append(("Content-Encoding", "gzip"))
@@ -255,12 +260,14 @@ class HostileServer:
 
         def answer(hit: HostileHit) -> Iterator[bytes | float]:
             yield head
+            produced = 0
             if gzip:
                 compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
                 zeros = bytes(MIB)
                 pending = b""
-                while True:  # ends when the client leaves or the server stops
+                while produced < limit:
                     pending += compressor.compress(zeros) + compressor.flush(zlib.Z_SYNC_FLUSH)
+                    produced += len(zeros)
                     if len(pending) >= chunk:
                         yield b"%x\r\n%s\r\n" % (len(pending), pending)
                         pending = b""
@@ -268,8 +275,10 @@ class HostileServer:
                 piece = b'{"statusCode": 401, "type": "not_authorized_error", "padding": "'
                 yield b"%x\r\n%s\r\n" % (len(piece), piece)
                 filler = b"x" * chunk
-                while True:  # ends when the client leaves or the server stops
+                while produced < limit:
                     yield b"%x\r\n%s\r\n" % (len(filler), filler)
+                    produced += chunk
+            yield 3600.0  # stall until the client leaves or the server stops
 
         return answer
 
