@@ -63,7 +63,14 @@ TESTING = [
     "wait_for_port",
 ]
 
-PROVIDER_SUITE = ["BAD_VALUES", "ProviderTests", "assert_key_is", "assert_no_secret"]
+PROVIDER_SUITE = [
+    "BAD_VALUES",
+    "ProviderTests",
+    "assert_key_is",
+    "assert_no_secret",
+    "assert_no_secret_in_error",
+    "error_texts",
+]
 
 TOOLKIT = [
     "KEY_PREFIX",

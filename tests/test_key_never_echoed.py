@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from scaling_credentials import (
 )
 from scaling_credentials.cli import main
 from scaling_credentials.testing import FakeScalingAPI, MemoryProvider
+from scaling_credentials.testing.provider_suite import error_texts
 
 TOKEN = "ECHOtest0123456789abcdefQRST"
 KEY = "scl_live_" + TOKEN
@@ -49,29 +49,6 @@ FORMS = {
     "encoded-twice": "scl%255Flive%255F" + TOKEN,
 }
 ENVIRONMENT = ("SCALING_", "AWS_", "VAULT_", "BAO_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
-
-
-def chain(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and every exception behind it (causes, contexts), once each."""
-    seen: set[int] = set()
-    todo = [error]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-
-
-def shown(error: BaseException) -> list[str]:
-    """Everything an exception can show: for each one in the chain, its message, repr,
-    args and attributes; and the whole chained traceback."""
-    texts = ["".join(traceback.format_exception(type(error), error, error.__traceback__))]
-    for each in chain(error):
-        texts += [str(each), repr(each), repr(each.args)]
-        texts += [repr(value) for value in vars(each).values()]
-    return texts
 
 
 class _Records(logging.Handler):
@@ -96,7 +73,7 @@ class Exits:
         try:
             action()
         except Exception as exc:
-            self.texts += shown(exc)
+            self.texts += error_texts(exc)
             return exc
         return None
 
@@ -107,7 +84,7 @@ class Exits:
             texts.append(formatter.format(record))
             texts.append(repr(record.args))
             if record.exc_info and record.exc_info[1] is not None:
-                texts += shown(record.exc_info[1])
+                texts += error_texts(record.exc_info[1])
         texts += [str(w.message) for w in self.warned]
         return texts
 

@@ -30,7 +30,14 @@ from .._errors import (
 from .._key import ApiKey
 from .._provider import Provider
 
-__all__ = ["BAD_VALUES", "ProviderTests", "assert_key_is", "assert_no_secret"]
+__all__ = [
+    "BAD_VALUES",
+    "ProviderTests",
+    "assert_key_is",
+    "assert_no_secret",
+    "assert_no_secret_in_error",
+    "error_texts",
+]
 
 # The marker every bad value carries, so that a leak is easy to spot.
 LEAK_MARKER = "LEAKCHECK7f3a9"
@@ -51,6 +58,30 @@ def assert_no_secret(secret: str, *texts: str) -> None:
     for index, text in enumerate(texts):
         if secret in text:
             raise AssertionError(f"text #{index} contains the secret (redacted here)")
+
+
+def error_texts(error: BaseException) -> list[str]:
+    """Everything an exception can show: the whole chained traceback, and for each
+    exception in its ``__cause__``/``__context__`` chain its message, repr, ``args``
+    and attributes."""
+    texts = ["".join(traceback.format_exception(type(error), error, error.__traceback__))]
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        texts += [str(current), repr(current), repr(current.args)]
+        texts += [repr(value) for value in vars(current).values()]
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return texts
+
+
+def assert_no_secret_in_error(secret: str, error: BaseException) -> None:
+    """Fail (without quoting the secret) if ``error`` shows ``secret`` anywhere: its
+    message, repr, arguments, attributes, or any exception chained behind it."""
+    assert_no_secret(secret, *error_texts(error))
 
 
 def assert_key_is(key: ApiKey, value: str) -> None:
