@@ -463,6 +463,16 @@ def extension_answers() -> dict[str, Callable[[], object]]:
     }
 
 
+def fetch_error_in_thread(provider: object, wait: float) -> list[BaseException]:
+    """The error of ``provider.fetch()`` run in a thread, if it ends within ``wait``
+    seconds (an empty list if not: the server's stop at teardown ends it anyway)."""
+    errors: list[BaseException] = []
+    worker = threading.Thread(target=lambda: errors.append(fetch_error(provider)), daemon=True)
+    worker.start()
+    worker.join(timeout=wait)
+    return errors
+
+
 def fetch_error(provider: object) -> BaseException:
     from scaling_credentials import ProviderError
 
@@ -507,10 +517,7 @@ def test_extension_capped_read_gives_up_on_an_endless_answer(
     extension: Callable[..., object], hostile_server: HostileServer
 ) -> None:
     provider = extension(HostileServer.endless(200), timeout=2.0)
-    errors: list[BaseException] = []
-    worker = threading.Thread(target=lambda: errors.append(fetch_error(provider)), daemon=True)
-    worker.start()
-    worker.join(timeout=30)  # the server is stopped at teardown, which ends it anyway
+    errors = fetch_error_in_thread(provider, wait=30)
     assert errors, "the provider is still reading an endless answer"
     assert hostile_server.sent < 4 * MIB
 
@@ -528,10 +535,7 @@ def test_extension_capped_read_is_bounded_in_time_against_a_drip(
     # A 4 KiB answer dripped at a byte every 50 ms (over three minutes), each byte well
     # within the provider's 2 s read timeout.
     provider = extension(HostileServer.drip(200, interval=0.05), timeout=2.0)
-    errors: list[BaseException] = []
-    worker = threading.Thread(target=lambda: errors.append(fetch_error(provider)), daemon=True)
-    worker.start()
-    worker.join(timeout=EXTENSION_READ_BOUND)  # the server's stop at teardown ends it anyway
+    errors = fetch_error_in_thread(provider, wait=EXTENSION_READ_BOUND)
     assert errors, "the provider is still reading a dripping answer"
 
 

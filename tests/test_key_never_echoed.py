@@ -51,20 +51,11 @@ FORMS = {
 ENVIRONMENT = ("SCALING_", "AWS_", "VAULT_", "BAO_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @dataclass
 class Exits:
     """What left the library during a test."""
 
-    records: _Records
+    records: pytest.LogCaptureFixture
     texts: list[str] = field(default_factory=list)
     warned: list[warnings.WarningMessage] = field(default_factory=list)
 
@@ -80,7 +71,7 @@ class Exits:
     def everything(self) -> list[str]:
         formatter = logging.Formatter("%(levelname)s %(name)s %(message)s")
         texts = list(self.texts)
-        for record in self.records.records:
+        for record in self.records.records:  # every logger's, at DEBUG
             texts.append(formatter.format(record))
             texts.append(repr(record.args))
             if record.exc_info and record.exc_info[1] is not None:
@@ -97,25 +88,17 @@ class Exits:
 
 
 @pytest.fixture
-def exits(monkeypatch: pytest.MonkeyPatch) -> Iterator[Exits]:
+def exits(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> Iterator[Exits]:
     for name in list(os.environ):
         if name.upper().startswith(ENVIRONMENT):
             monkeypatch.delenv(name)
-    records = _Records()
-    root = logging.getLogger()
-    saved = root.level
-    root.setLevel(logging.DEBUG)
-    root.addHandler(records)
-    found = Exits(records)
-    try:
-        with warnings.catch_warnings(record=True) as warned:
-            warnings.simplefilter("always")
-            yield found
-            found.warned = list(warned)
-        found.check()
-    finally:
-        root.removeHandler(records)
-        root.setLevel(saved)
+    caplog.set_level(logging.DEBUG)
+    found = Exits(caplog)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        yield found
+        found.warned = list(warned)
+    found.check()
 
 
 def raises(exits: Exits, action: Callable[[], object]) -> BaseException:

@@ -326,6 +326,52 @@ def test_botocore_debug_logs_the_key_unless_redact_logging_is_on(
     assert "scl_live_****WXYZ" in text
 
 
+TEMPORARY_CREDENTIALS = {
+    "aws_access_key_id": "AKIAHOSTILETEST0X9ZQ",
+    "aws_secret_access_key": "hostileSecretAccessKey/0123456789+ABCDEFG",
+    "aws_session_token": "IQoJb3JpZ2luX2VjEJrHOSTILEsessionTOKEN/0123456789+abcdefABCDEF==",
+}
+
+
+def _calls_with_temporary_credentials(endpoint: str, secret_name: str) -> list[str]:
+    """STS GetSessionToken and Secrets Manager calls signed with temporary credentials;
+    the credentials STS answered (botocore logs them in the response body)."""
+    session = boto3.session.Session(region_name=REGION, **TEMPORARY_CREDENTIALS)
+    answered = session.client("sts", endpoint_url=endpoint).get_session_token()["Credentials"]
+    secrets = session.client("secretsmanager", endpoint_url=endpoint)
+    secrets.put_secret_value(SecretId=secret_name, SecretString="scl_live_redactAWS0123456789abcd")
+    secrets.get_secret_value(SecretId=secret_name)
+    return [str(answered[k]) for k in ("AccessKeyId", "SecretAccessKey", "SessionToken")]
+
+
+def test_botocore_debug_logs_aws_credentials_unless_redact_logging_is_on(
+    botocore_debug: io.StringIO,
+    moto_endpoint: str,
+    sm: Any,
+    secret_name: str,
+    put: Callable[..., str],
+) -> None:
+    put(sm, secret_name, SecretString="scl_live_first0123456789abcdefgh")
+    ours = list(TEMPORARY_CREDENTIALS.values())
+    answered = _calls_with_temporary_credentials(moto_endpoint, secret_name)
+    text = botocore_debug.getvalue()
+    # The premise: botocore logs the session token, the access key ID and what STS sent
+    # (the secret access key itself only signs, and is never logged).
+    for secret in (ours[0], ours[2], *answered):
+        assert secret in text, "botocore no longer logs this: the premise of the test changed"
+
+    botocore_debug.truncate(0)
+    botocore_debug.seek(0)
+    redact_logging()
+    answered = _calls_with_temporary_credentials(moto_endpoint, secret_name)
+    text = botocore_debug.getvalue()
+    for secret in (*ours, *answered):
+        assert_no_secret(secret, text)
+    assert "x-amz-security-token:****" in text  # the canonical request, still logged
+    assert "AKIA****" in text  # the kind of access key stays visible
+    assert "scl_live_****abcd" in text
+
+
 # ---------------------------------------------------------------------------- pre-fork pattern
 
 
