@@ -301,17 +301,40 @@ def test_cli_flags(cli: Callable[..., Ran], form: str) -> None:
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
+def test_base_url_setting(exits: Exits, form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for value in (
+        FORMS[form],
+        f"https://{FORMS[form]}.example/v1",
+        f"http://127.0.0.1:1/{FORMS[form]}",
+    ):
+        monkeypatch.setenv("SCALING_API_BASE_URL", value)
+
+        def send() -> None:
+            with scaling_client(MemoryProvider(KEY), timeout=2) as client:
+                client.get("/oncall/schedules")
+
+        raises(exits, send)
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
 @pytest.mark.parametrize(
-    "variable", ["SCALING_API_KEY_SOURCE", "SCALING_API_KEY_FILE", "SCALING_API_KEY_TTL"]
+    "variable",
+    [
+        "SCALING_API_KEY_SOURCE",
+        "SCALING_API_KEY_FILE",
+        "SCALING_API_KEY_TTL",
+        "SCALING_API_BASE_URL",
+    ],
 )
 def test_cli_environment(cli: Callable[..., Ran], form: str, variable: str) -> None:
     value = FORMS[form]
     env = {variable: value}
-    if variable == "SCALING_API_KEY_TTL":
+    if variable in ("SCALING_API_KEY_TTL", "SCALING_API_BASE_URL"):
         env["SCALING_API_KEY"] = KEY
     for mode in MODES:
         cli("resolve", *mode, env=env)
         cli("check", "--base-url", "http://127.0.0.1:1/v1", "--timeout", "2", *mode, env=env)
+        cli("check", "--timeout", "2", *mode, env=env)
 
 
 @pytest.mark.parametrize("case", sorted(CONTENTS))

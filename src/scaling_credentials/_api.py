@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import httpx
 
 from ._errors import ConfigurationError, ScalingAPIError
+from ._redact import looks_like_key
 from ._version import __version__
 
 __all__ = [
@@ -316,7 +317,7 @@ def check_base_url(text: str, *, setting: str) -> str:
     """``text`` when it is an http(s) URL with a host and no credentials; else a
     :class:`ConfigurationError` that names ``setting`` (the variable or option it came
     from) and quotes the value only when it cannot hold a key or a password."""
-    if "scl_live_" in text:
+    if looks_like_key(text):
         raise ConfigurationError(
             f"{setting} contains an API key (scl_live_...); it is the API's address, such as "
             f"{DEFAULT_BASE_URL}: put the key in its source (SCALING_API_KEY_SOURCE, "
