@@ -5,8 +5,8 @@ the CLI and the Lambda extension provider; every test asserts on what crossed th
 socket (no key), on memory and on what was read.
 
 The server is :class:`scaling_credentials.testing.HostileServer` (fixture
-``hostile_server``, from the library's pytest plugin), usable by any provider's tests:
-the Vault provider's hostile-server tests live with that provider and reuse it.
+``hostile_server``, from the library's pytest plugin), usable by any provider's tests;
+the Vault provider's hostile-server tests live with that provider.
 """
 
 from __future__ import annotations
@@ -553,6 +553,7 @@ def test_extension_error_echoing_the_session_token_does_not_quote_it(
 
 
 # ============================================================================ Vault
-# VaultProvider against a hostile Vault (redirects to a second origin that records
-# what it receives, bombs, drips) is tested with the Vault provider's own tests, which
-# use the same ``hostile_server`` fixture and HostileServer answers.
+# VaultProvider against a hostile Vault (redirects to another origin, a byte recorder)
+# is tested with the Vault provider: providers/vault/tests/test_vault_redirects.py. The
+# ``hostile_server`` fixture and HostileServer's answers (bombs, drips, endless bodies)
+# are there for it too.
