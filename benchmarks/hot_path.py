@@ -413,7 +413,7 @@ def reading(
         "`auth_flow` override runs two, which pays back part of that.",
         "- Nothing is paid that a careful design would avoid: no per-request parsing "
         "(`Bearer <key>` is built once per key), no lock on the hot path (the cache's lock "
-        "is taken only on a miss), no allocation beyond the memo's `(scheme, host)` "
+        "is taken only on a miss), no allocation beyond the memo's destination "
         "tuple and httpx's own objects.",
         "- What is left to gain is small. Inlining the three steps into the flows (the "
         "prototype, a subclass measured in the same rounds) saves "
