@@ -480,9 +480,10 @@ class KeyCache:
             rejected = flight.rejected
             provider = self._provider
             key = await (provider.afetch() if rejected is None else provider.arefetch(rejected))
-        except asyncio.CancelledError:
-            # The loop this task runs on is shutting down (or someone cancelled the task):
-            # no backend failure. Whoever waits asks the cache again.
+        except (asyncio.CancelledError, GeneratorExit):
+            # The loop this task runs on is shutting down (or someone cancelled the task),
+            # or the loop is gone and the task was garbage-collected (an event loop holds
+            # its tasks weakly): no backend failure. Whoever waits asks the cache again.
             self._orphan(flight)
             raise
         except BaseException as exc:
