@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
+import httpx
 import pytest
 
-from scaling_credentials.testing import FakeScalingAPI
+from scaling_credentials.testing import FakeScalingAPI, RotationRun, run_rotation_threads
 
 
 @pytest.fixture
@@ -29,3 +34,66 @@ def moto_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------- scaling-credentials rotate
+
+
+class RotateRun(NamedTuple):
+    """What ``scaling-credentials rotate`` returned and printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_rotate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., RotateRun]:
+    """``run_rotate(*args, stdin=..., env=...)``: ``main(["rotate", *args])`` in this
+    process, with ``stdin`` as its standard input (not a terminal), no key source from the
+    developer's environment (``SCALING_*`` removed) and ``env`` set."""
+    from scaling_credentials.cli import main
+
+    def run(*args: str, stdin: str, env: Mapping[str, str] | None = None) -> RotateRun:
+        for name in list(os.environ):
+            if name.upper().startswith("SCALING_"):
+                monkeypatch.delenv(name)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        code = main(["rotate", *args])
+        out, err = capsys.readouterr()
+        return RotateRun(code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def rotate_under_load(
+    run_rotate: Callable[..., RotateRun],
+) -> Callable[..., tuple[RotationRun, list[RotateRun]]]:
+    """``rotate_under_load(api, auth, source, current_key)``: threads send requests to
+    ``api`` through ``auth`` (reading ``source``) while ``scaling-credentials rotate
+    --source SOURCE`` runs three times in this process, each time with a key just issued,
+    and the old key is revoked as soon as it returns (the delay it prints not waited for).
+    Returns the requests' run and rotate's outputs."""
+
+    def run(
+        api: FakeScalingAPI, auth: httpx.Auth, source: str, current: str
+    ) -> tuple[RotationRun, list[RotateRun]]:
+        keys, outputs = [current], []
+
+        def rotation(number: int) -> None:
+            old, new = keys[-1], api.rotate()
+            ran = run_rotate("--source", source, "--base-url", api.url, stdin=new + "\n")
+            outputs.append(ran)
+            assert ran.returncode == 0, ran.stderr
+            api.revoke(old)
+            keys.append(new)
+
+        return run_rotation_threads(api, auth, rotation, threads=4, rotations=3), outputs
+
+    return run

@@ -6,6 +6,8 @@ Subcommands::
     check      [--source URI] [--base-url URL] [--timeout S] [--quiet] [--json]
                (--base-url defaults to SCALING_API_BASE_URL, else the public API)
     providers  [--json]
+    rotate     --source URI [--base-url URL] [--fleet-ttl S] [--wait] [--timeout S] [--json]
+               (the new key is read from standard input, never from the command line)
     demo       [--duration S] [--threads N] [--tasks N] [--rotations N] [--source URI] [--json]
 
 Exit codes: 0 success; 1 the key does not work or the backend failed (401, unreachable,
@@ -26,7 +28,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import httpx
 
@@ -42,6 +44,9 @@ from ._key import ApiKey
 from ._provider import Provider
 from ._redact import redact
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._rotate import DeletionPlan
 
 __all__ = [
     "EXIT_CONFIG",
@@ -436,6 +441,7 @@ def _cmd_check(args: argparse.Namespace, out: _Out) -> int:
 
 def _cmd_providers(args: argparse.Namespace, out: _Out) -> int:
     from ._registry import FIRST_PARTY_SCHEMES, installed_schemes
+    from ._rotate import scheme_can_store
 
     installed = installed_schemes()
     names = {scheme.scheme for scheme in installed}
@@ -444,6 +450,16 @@ def _cmd_providers(args: argparse.Namespace, out: _Out) -> int:
         for scheme, (dist, extra) in sorted(FIRST_PARTY_SCHEMES.items())
         if scheme not in names
     ]
+    # Whether each can store: its provider class is imported to read can_store; a scheme
+    # whose module fails to import shows "?" and the error, the others are unaffected.
+    can_store: dict[str, bool | None] = {}
+    load_errors: dict[str, str] = {}
+    for s in installed:
+        try:
+            can_store[s.scheme] = scheme_can_store(s.scheme)
+        except ConfigurationError as exc:
+            can_store[s.scheme] = None
+            load_errors[s.scheme] = _one_line(str(exc))
     out.document(
         {
             "installed": [
@@ -452,19 +468,26 @@ def _cmd_providers(args: argparse.Namespace, out: _Out) -> int:
                     "distribution": s.distribution,
                     "version": s.version,
                     "entry_point": s.value,
+                    "can_store": can_store[s.scheme],
+                    "load_error": load_errors.get(s.scheme),
                 }
                 for s in installed
             ],
             "missing": missing,
         }
     )
-    rows = [("scheme", "distribution", "version")] + [
-        (s.scheme, s.distribution or "?", s.version or "?") for s in installed
+    yes_no = {True: "yes", False: "no", None: "?"}
+    rows = [("scheme", "distribution", "version", "can store")] + [
+        (s.scheme, s.distribution or "?", s.version or "?", yes_no[can_store[s.scheme]])
+        for s in installed
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         out.line("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     out.line()
+    out.line("can store: scaling-credentials rotate can write a new key to such a source.")
+    for scheme, error in sorted(load_errors.items()):
+        out.line(f"{scheme}: {error}")
     if missing:
         out.line("Not installed (first-party):")
         for item in missing:
@@ -472,6 +495,151 @@ def _cmd_providers(args: argparse.Namespace, out: _Out) -> int:
     else:
         out.line("All first-party schemes are installed.")
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------- rotate
+
+
+def _cmd_rotate(args: argparse.Namespace, out: _Out) -> int:
+    """Check the new key, store it, read it back, say when the old key may be deleted.
+    Nothing is written unless the new key is well formed, differs from the source's key
+    and the API accepts it."""
+    from . import _rotate
+    from ._cache import default_ttl
+    from ._registry import provider_from_uri
+
+    base_url = _base_url(args.base_url)
+    url = str(base_url).rstrip("/") + CHECK_PATH
+    fleet_ttl: float = default_ttl() if args.fleet_ttl is None else args.fleet_ttl
+    timeout: float = args.timeout
+    provider, _ = _select_provider(args.source)
+    if not provider.can_store:
+        can = ", ".join(f"{scheme}:" for scheme in _rotate.storing_schemes()) or "none installed"
+        raise CLIError(
+            f"{provider.describe()} cannot store a key, so rotate cannot write the new key "
+            f"there (sources that can: {can}); put the new key in the source with its own "
+            "tools and follow the manual steps of the rotation runbook (SECURITY.md)"
+        )
+    new = _rotate.read_new_key(sys.stdin, sys.stderr)
+    resolved = _resolve(args.source, timeout)
+    old, source = resolved.key, resolved.provider.describe()
+    if new == old:
+        raise CLIError(
+            f"the new key is the key {source} already holds ({old.masked}); nothing was "
+            "written: issue a new key in the dashboard (Settings > API Access) and pass that"
+        )
+    out.line(f"source     {source}")
+    out.line(f"old key    {old.masked}  (version {old.version or '-'})")
+    out.line(f"new key    {new.masked}  (from standard input)")
+    verdict = _check_new_key(args, base_url, url, new, source)
+    rid = verdict.fields["request_id"] or "none"
+    out.line(
+        f"checked    GET {url} answered {verdict.fields['status']} to the new key (requestId {rid})"
+    )
+    try:
+        version = resolved.provider.store(new)
+    except ScalingCredentialsError as exc:
+        detail = _hint(exc).removeprefix(f"{source}: ")
+        raise CLIError(
+            f"storing the new key in {source} failed: {detail}; the old key is still the one "
+            "in use, do not delete it",
+            exit_code_for(exc),
+        ) from None
+    plan = _rotate.DeletionPlan(time.time(), fleet_ttl)
+    out.line("stored     the new key" + (f" as version {version}" if version else ""))
+    try:
+        back = _rotate.read_back(provider_from_uri(args.source), old=old, new=new, timeout=timeout)
+    except ScalingCredentialsError as exc:
+        raise CLIError(
+            f"the new key was stored in {source}, but reading it back failed: {_hint(exc)}",
+            EXIT_FAILED,
+        ) from None
+    out.line(
+        f"read back  {back.key.masked}  (version {back.key.version or '-'}, through a new provider)"
+    )
+    delete_after = _rotate.format_utc(plan.delete_after)
+    out.line()
+    out.line(
+        f"OK: {source} serves the new key. Delete the old key {old.masked} in the dashboard "
+        f"after {delete_after}, not before (in {_rotate.format_duration(plan.wait)}: "
+        f"{plan.explain()})."
+    )
+    document: dict[str, Any] = {
+        "ok": True,
+        "source": source,
+        "old_key": old.masked,
+        "old_version": old.version,
+        "new_key": new.masked,
+        "new_version": back.key.version if version is None else version,
+        "url": url,
+        "status": verdict.fields["status"],
+        "request_id": verdict.fields["request_id"],
+        "read_back": {"key": back.key.masked, "version": back.key.version, "reads": back.reads},
+        "stored_at": _rotate.format_utc(plan.stored_at, iso=True),
+        "fleet_ttl_s": plan.fleet_ttl,
+        "slack_s": plan.slack,
+        "delete_old_key_after": _rotate.format_utc(plan.delete_after, iso=True),
+    }
+    code = _wait_for_fleet(plan, old, out) if args.wait else EXIT_OK
+    document.update(ok=code == EXIT_OK, exit_code=code, waited=args.wait and code == EXIT_OK)
+    out.document(document)
+    return code
+
+
+def _check_new_key(
+    args: argparse.Namespace, base_url: httpx.URL, url: str, new: ApiKey, source: str
+) -> Verdict:
+    """The check's verdict on the new key; :class:`CLIError` (nothing written) unless the
+    API accepted it."""
+    from . import _rotate
+
+    probe = KeyCache(
+        _rotate.NewKey(new),
+        ttl=300.0,
+        max_stale=0.0,
+        fetch_timeout=args.timeout,
+        min_refresh_interval=0.0,
+    )
+    with _rotate.quiet_rejection():
+        answer = _send_check(args, base_url, probe, args.timeout)
+    verdict = check_verdict(answer, url=url, timeout=args.timeout)
+    if verdict.code != EXIT_OK:
+        raise CLIError(_rotate_refusal(verdict, url, source), verdict.code)
+    return verdict
+
+
+def _wait_for_fleet(plan: DeletionPlan, old: ApiKey, out: _Out) -> int:
+    """``--wait``: block until the old key may be deleted; 130 on Ctrl-C, with a note
+    that the rotation itself is done."""
+    from . import _rotate
+
+    delete_after = _rotate.format_utc(plan.delete_after)
+    try:
+        _rotate.wait_until(plan, stream=sys.stderr)
+    except KeyboardInterrupt:
+        print(
+            f"{PROG}: interrupted while waiting; the rotation itself is done: delete the old "
+            f"key {old.masked} after {delete_after}, not before",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_INTERRUPTED
+    out.line(f"Waited until {delete_after}: delete the old key {old.masked} now.")
+    return EXIT_OK
+
+
+def _rotate_refusal(verdict: Verdict, url: str, source: str) -> str:
+    """Why the new key was not stored, from the check's verdict."""
+    fields = verdict.fields
+    if fields["status"] == 401:
+        reason = "/".join(p for p in (fields["type"], fields["code"]) if p) or "no error code"
+        return (
+            f"the API rejected the new key (GET {url} answered 401 {reason}, requestId "
+            f"{fields['request_id'] or 'none'}); nothing was written to {source}: copy the "
+            "new key again from the dashboard (Settings > API Access)"
+        )
+    detail = verdict.text.removeprefix("FAILED: ")
+    return f"the new key could not be checked, so nothing was written to {source}: {detail}"
 
 
 # --------------------------------------------------------------------------- demo
@@ -545,6 +713,15 @@ class _RotationsAction(argparse.Action):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse quotes what it could not parse: a key given to the wrong flag too.
+        from ._redact import looks_like_key
+
+        if looks_like_key(message):
+            # A key typed on the command line: never echo it, and say where it belongs.
+            message = (
+                f"{message}; a key never belongs on the command line (shell history, the "
+                "process list): rotate reads it from standard input; treat a key typed here "
+                "as exposed"
+            )
         self.print_usage(sys.stderr)
         self.exit(EXIT_CONFIG, f"{self.prog}: error: {redact(message)}\n")
 
@@ -667,12 +844,75 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common(top=False)],
         help="list the installed key source schemes",
         description=(
-            "List the installed provider schemes (entry points, not imported), their "
-            "distributions and versions, and what to install for missing first-party ones."
+            "List the installed provider schemes, their distributions and versions, whether "
+            "rotate can store a key in each (the provider class is imported to tell; one "
+            "that fails to import shows '?' and why), and what to install for missing "
+            "first-party ones."
         ),
     )
     providers.add_argument("--json", action="store_true", help="print one JSON document")
     providers.set_defaults(handler=_cmd_providers)
+
+    rotate = sub.add_parser(
+        "rotate",
+        parents=[common(top=False)],
+        help="store a new key in its source, safely, and say when the old one may go",
+        description=(
+            "Read the new key from standard input (a hidden prompt on a terminal; never "
+            "from the command line or the environment), check it against the API "
+            "(GET /oncall/schedules), store it in the source as a new version, read it back "
+            "through a new provider, and print when the old key may be deleted in the "
+            "dashboard: now + the fleet's TTL + 60 s. Nothing is written when the key is "
+            "malformed, equals the source's key, or the API rejects it or cannot be reached. "
+            "Exit 0 done, 1 the API or the backend failed, 2 configuration (bad source, a "
+            "source that cannot store, a bad key), 130 interrupted."
+        ),
+    )
+    rotate.add_argument(
+        "--source",
+        metavar="URI",
+        required=True,
+        help="the source the fleet reads, as a source URI (required: file:, vault:, or "
+        "another scheme that can store; see scaling-credentials providers)",
+    )
+    rotate.add_argument(
+        "--base-url",
+        metavar="URL",
+        help=(
+            "the API's base URL for the check of the new key (default: SCALING_API_BASE_URL, "
+            "else https://api.scaling.cloud/v1)"
+        ),
+    )
+    rotate.add_argument(
+        "--allow-host",
+        action="append",
+        metavar="HOST",
+        help="another host that may receive the key over https (repeatable)",
+    )
+    rotate.add_argument(
+        "--fleet-ttl",
+        type=_positive_seconds,
+        default=None,
+        metavar="S",
+        help="the longest key TTL in the fleet, in seconds (default: SCALING_API_KEY_TTL, "
+        "else 300); add any delay between the source and the processes (an agent's render "
+        "interval)",
+    )
+    rotate.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the old key may be deleted, with a progress line on stderr",
+    )
+    rotate.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help="bound on reading the source, on the check and on the read-back, each "
+        f"(default {DEFAULT_TIMEOUT:g})",
+    )
+    rotate.add_argument("--json", action="store_true", help="print one JSON document")
+    rotate.set_defaults(handler=_cmd_rotate)
 
     demo = sub.add_parser(
         "demo",
