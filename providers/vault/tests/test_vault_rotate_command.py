@@ -13,9 +13,9 @@ import hvac
 import pytest
 
 from scaling_credentials import ApiKey, ScalingAuth
-from scaling_credentials._key import mask
 from scaling_credentials.testing import FakeScalingAPI
 from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret
+from scaling_credentials.toolkit import mask
 from scaling_credentials_vault import TokenAuth, VaultProvider
 
 from .conftest import READ_POLICY
