@@ -717,10 +717,11 @@ class _Parser(argparse.ArgumentParser):
 
         if looks_like_key(message):
             # A key typed on the command line: never echo it, and say where it belongs.
+            # Masked before the hint is appended: the key's run would take in the ';'.
             message = (
-                f"{message}; a key never belongs on the command line (shell history, the "
-                "process list): rotate reads it from standard input; treat a key typed here "
-                "as exposed"
+                f"{redact(message)}; a key never belongs on the command line (shell history, "
+                "the process list): rotate reads it from standard input; treat a key typed "
+                "here as exposed"
             )
         self.print_usage(sys.stderr)
         self.exit(EXIT_CONFIG, f"{self.prog}: error: {redact(message)}\n")
