@@ -1,10 +1,11 @@
-"""``scaling-credentials rotate`` against AWS Secrets Manager on a moto server: a new
+"""``scaling-credentials rotate`` against AWS on a moto server: Secrets Manager gets a new
 AWSCURRENT version keeping the secret's other JSON fields (the old one at AWSPREVIOUS),
-read back through a new provider, with no request lost by a fleet reading the same secret
-under load; neither key in any output.
+Parameter Store a new parameter version of the same type; both read back through a new
+provider, with no request lost by a fleet reading the same secret under load; neither key
+in any output.
 
-These tests need ``SecretsManagerProvider.store``; where the provider cannot store yet,
-they are skipped with that reason."""
+These tests need the providers' ``store``; where a provider cannot store (or does not
+exist) in this tree yet, its tests are skipped with that reason."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import scaling_credentials_aws
 from scaling_credentials import ApiKey, ScalingAuth
 from scaling_credentials.testing import FakeScalingAPI
 from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret
@@ -22,10 +24,16 @@ from scaling_credentials_aws import SecretsManagerProvider
 
 from .conftest import put_secret
 
-pytestmark = pytest.mark.skipif(
+needs_sm_store = pytest.mark.skipif(
     not SecretsManagerProvider.can_store,
     reason="SecretsManagerProvider cannot store in this tree (SecretsManagerProvider.store "
     "is not there yet): rotate against aws-sm is tested once it is",
+)
+_PARAMETER_STORE = getattr(scaling_credentials_aws, "ParameterStoreProvider", None)
+needs_ssm_store = pytest.mark.skipif(
+    _PARAMETER_STORE is None or not _PARAMETER_STORE.can_store,
+    reason="ParameterStoreProvider (aws-ssm:) with store is not in this tree yet: rotate "
+    "against aws-ssm is tested once it is",
 )
 
 
@@ -33,8 +41,10 @@ RunRotate = Callable[..., Any]  # the run_rotate fixture (conftest.py at the roo
 
 
 @pytest.fixture(autouse=True)
-def secrets_manager_on_moto(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def aws_on_moto(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets Manager and Parameter Store on the moto server, for the command too."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", moto_endpoint)
 
 
 def no_secret(ran: Any, *keys: str) -> None:
@@ -47,6 +57,7 @@ def value_at(sm: Any, name: str, stage: str) -> dict[str, Any]:
     return {"version": answer["VersionId"], **json.loads(answer["SecretString"])}
 
 
+@needs_sm_store
 def test_rotate_puts_a_new_awscurrent_version_keeping_the_other_fields(
     sm: Any, secret_name: str, api: FakeScalingAPI, run_rotate: RunRotate
 ) -> None:
@@ -71,6 +82,7 @@ def test_rotate_puts_a_new_awscurrent_version_keeping_the_other_fields(
     no_secret(ran, old, new)
 
 
+@needs_sm_store
 @pytest.mark.slow
 def test_no_request_fails_when_rotate_runs_under_load_and_the_old_key_is_revoked(
     sm: Any,
@@ -89,3 +101,24 @@ def test_no_request_fails_when_rotate_runs_under_load_and_the_old_key_is_revoked
     assert len(outputs) == 3
     for ran in outputs:
         no_secret(ran, first, api.current_key or "")
+
+
+@needs_ssm_store
+def test_rotate_puts_a_new_parameter_version_of_the_same_type(
+    request: pytest.FixtureRequest, api: FakeScalingAPI, run_rotate: RunRotate
+) -> None:
+    ssm = request.getfixturevalue("ssm")  # conftest's, where Parameter Store is tested
+    name = request.getfixturevalue("parameter_name")
+    old, new = api.issue_key(), api.rotate()
+    ssm.put_parameter(Name=name, Value=old, Type="SecureString")
+
+    ran = run_rotate("--source", f"aws-ssm:{name}", "--base-url", api.url, "--json", stdin=new)
+
+    assert ran.returncode == 0, ran.stderr
+    parameter = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]
+    assert_key_is(ApiKey(parameter["Value"]), new)
+    assert (parameter["Type"], parameter["Version"]) == ("SecureString", 2)
+    document = json.loads(ran.stdout)
+    assert (document["old_version"], document["new_version"]) == ("1", "2")
+    assert document["read_back"] == {"key": mask(new), "version": "2", "reads": 1}
+    no_secret(ran, old, new)
