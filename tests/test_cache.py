@@ -159,6 +159,24 @@ def test_the_first_lifetime_is_spread_over_most_of_the_ttl() -> None:
     assert steady._state.entry.expires_at - steady._state.entry.fetched_at == 100  # jitter 0
 
 
+def test_key_age_counts_from_the_last_successful_read_of_the_source() -> None:
+    cache, provider, clock = make(ttl=60, refresh_ahead=0, max_stale=100)
+    assert cache.key_age is None  # nothing held yet
+    cache.get()
+    assert cache.key_age == 0
+    clock.advance(59)
+    assert cache.key_age == 59
+    clock.advance(2)
+    cache.get()  # refetched (the same key): the age starts again
+    assert cache.key_age == 0 and provider.fetches == 2
+    provider.fail = True
+    clock.advance(70)
+    cache.get()  # the refetch fails; the held key is served stale and keeps ageing
+    assert cache.key_age == 70
+    cache.invalidate()
+    assert cache.key_age is None
+
+
 def test_invalidate_forgets_the_key() -> None:
     cache, provider, _ = make(ttl=60)
     cache.get()

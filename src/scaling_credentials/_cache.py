@@ -246,6 +246,16 @@ class KeyCache:
         entry = self._state.entry
         return entry.key if entry is not None else None
 
+    @property
+    def key_age(self) -> float | None:
+        """Seconds, by the cache's ``clock``, since the key held now was read from its
+        source; ``None`` when none is held. A successful fetch resets it (even when it
+        returns the same key). It passes ``ttl`` only while refetches fail (the key is
+        served stale, for up to ``max_stale`` more) or when nothing read the cache since
+        the key expired (the cache fetches when read, never on its own)."""
+        entry = self._state.entry
+        return None if entry is None else max(0.0, self._clock() - entry.fetched_at)
+
     def is_rejected(self, key: ApiKey) -> bool:
         """Whether the API rejected ``key`` (as far as this cache remembers: it keeps the
         fingerprints of the last 64 keys it was told were rejected, never the keys)."""
