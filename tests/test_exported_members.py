@@ -8,6 +8,7 @@ from types import ModuleType
 import pytest
 
 import scaling_credentials
+import scaling_credentials.integrations.opentelemetry
 import scaling_credentials.testing
 import scaling_credentials.testing.provider_suite
 import scaling_credentials.toolkit
@@ -95,11 +96,14 @@ TOOLKIT = [
     "whole_number",
 ]
 
+OPENTELEMETRY = ["Instrumentation", "instrument", "source_attribute"]
+
 MODULES = [
     (scaling_credentials, CORE),
     (scaling_credentials.testing, TESTING),
     (scaling_credentials.testing.provider_suite, PROVIDER_SUITE),
     (scaling_credentials.toolkit, TOOLKIT),
+    (scaling_credentials.integrations.opentelemetry, OPENTELEMETRY),
 ]
 
 
