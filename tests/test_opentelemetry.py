@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -527,6 +528,61 @@ def test_cache_hits_publish_no_event(
     assert calls == []
     assert cache.stats.hits == 10_000
     assert totals(collect(reader)) == {FETCHES: 1}
+
+
+# --------------------------------------------------------------------------- the names
+
+
+def every_kind_of_event(meter_provider: Any) -> None:
+    """One cache that goes through a fetch, a rotation, a stuck key and an outage."""
+    clock = FakeClock()
+    provider = MemoryProvider(K1)
+    cache = KeyCache(provider, ttl=60, jitter=0, refresh_ahead=0, max_stale=100, clock=clock)
+    instrument(cache, meter_provider=meter_provider)
+    first = cache.get()
+    provider.value = K2
+    second = cache.refresh(rejected=first)  # a rotation
+    cache.refresh(rejected=second)  # stuck: its forced fetch
+    cache.refresh(rejected=second)  # then skipped (interval)
+    provider.fail = True
+    clock.advance(61)
+    cache.get()  # a failed fetch, a stale serve
+
+
+def test_the_names_in_the_operations_guide_are_those_exported(
+    reader: InMemoryMetricReader, meter_provider: MeterProvider
+) -> None:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    prometheus = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+    try:
+        every_kind_of_event(prometheus)
+        every_kind_of_event(meter_provider)
+        exported = {
+            name
+            for family in registry.collect()
+            for sample in family.samples
+            for name in (sample.name, *sample.labels)
+        }
+    finally:
+        prometheus.shutdown()
+    found = collect(reader)
+    names = {name for name, _ in found} | {key for _, attrs in found for key, _ in attrs}
+    assert len({name for name, _ in found}) == 6  # every instrument recorded something
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    in_guide = set(re.findall(r"\bscaling_credentials_[a-z_]*[a-z]", guide))
+    in_guide -= {"scaling_credentials_event"}  # a log record's attribute
+    assert in_guide and in_guide <= exported, in_guide - exported
+    assert {n for n in exported if n.endswith(("_total", "_seconds"))} <= in_guide
+    dotted = set(re.findall(r"\bscaling_credentials\.[a-z_.]*[a-z]", guide))
+    dotted -= {"scaling_credentials.cache"}  # the logger
+    dotted = {n for n in dotted if not n.startswith("scaling_credentials.integrations")}
+    assert dotted <= names, dotted - names
+    assert {n for n in names if n.startswith("scaling_credentials.")} <= dotted
+    assert "error.type" in guide and "error_type" in exported
 
 
 # --------------------------------------------------------------------------- the extra
