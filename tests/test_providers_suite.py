@@ -1,10 +1,14 @@
 """The shared provider suite for the core's EnvProvider and FileProvider, and the suite's
-own checks: that they fail for a provider that breaks the contract."""
+own checks: that they fail for a provider that breaks the contract, and that a failure
+shows no secret."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import pytest
 
 from scaling_credentials import ApiKey, EnvProvider, FileProvider, Provider
 from scaling_credentials.testing import MemoryProvider
-from scaling_credentials.testing.provider_suite import ProviderTests
+from scaling_credentials.testing.provider_suite import ProviderTests, assert_no_secret
 
 
 class TestEnvProvider(ProviderTests):
@@ -145,3 +149,43 @@ def test_a_provider_whose_fetch_never_blocks_may_run_it_on_the_loop() -> None:
     suite = _MemorySuite(LooksUpOnTheLoop)
     suite.fetch_never_blocks = True
     suite.test_afetch_does_not_block_the_event_loop()
+
+
+FAILING_CHECKS = """
+import os
+
+from scaling_credentials import ApiKey
+from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret
+
+SECRET = os.environ["SUITE_SECRET"]
+
+
+def test_a_leak_is_found():
+    text = "the log said " + SECRET
+    assert_no_secret(SECRET, text)
+
+
+def test_another_key():
+    assert_key_is(ApiKey(SECRET), "scl_live_someotherkey0123456789")
+"""
+
+
+@pytest.mark.parametrize("options", [[], ["--tb=long", "-vv"]], ids=["default", "long"])
+def test_a_failing_check_shows_no_secret(tmp_path: Path, options: list[str]) -> None:
+    secret = "scl_live_SUITESECRETmarker0123456789"
+    (tmp_path / "test_checks.py").write_text(textwrap.dedent(FAILING_CHECKS))
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *options, "test_checks.py"],
+        cwd=tmp_path,
+        env={**os.environ, "SUITE_SECRET": secret},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "2 failed" in output, output[-2000:]
+    assert "contains the secret (redacted here)" in output
+    assert "expected scl_live_****6789" in output  # the masked forms only
+    assert_no_secret(secret.removeprefix("scl_live_"), output)

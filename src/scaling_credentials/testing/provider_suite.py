@@ -55,6 +55,7 @@ BAD_VALUES: dict[str, str] = {
 
 def assert_no_secret(secret: str, *texts: str) -> None:
     """Fail (without quoting the secret) if any text contains ``secret``."""
+    __tracebackhide__ = True  # pytest would print the arguments: the secret and the texts
     for index, text in enumerate(texts):
         if secret in text:
             raise AssertionError(f"text #{index} contains the secret (redacted here)")
@@ -86,6 +87,7 @@ def assert_no_secret_in_error(secret: str, error: BaseException) -> None:
 
 def assert_key_is(key: ApiKey, value: str) -> None:
     """Fail, without quoting either side, unless ``key`` holds ``value``."""
+    __tracebackhide__ = True  # pytest would print the arguments: the expected value
     if key.reveal() != value:
         raise AssertionError(f"got {key.masked}, expected {ApiKey(value).masked}")
 
