@@ -444,21 +444,6 @@ def test_a_rotation_against_the_fake_api(driver: Driver, api: FakeScalingAPI) ->
     assert provider.fetches == 2
 
 
-def test_the_401_is_returned_by_a_client_when_the_source_has_no_new_key(
-    driver: Driver, api: FakeScalingAPI
-) -> None:
-    key = api.issue_key()
-    auth, provider = auth_with(key)
-    api.revoke(key)
-    with driver.client(auth, base_url=api.url) as client:
-        response = client.request("GET", PATH)
-    assert response.status_code == 401
-    assert response.json()["code"] == "invalid_api_key"
-    assert response.history == []
-    assert len(api.requests) == 1  # sent once
-    assert provider.fetches == 2  # one forced fetch
-
-
 def test_a_one_shot_body_gets_the_401_and_the_next_request_the_new_key(
     driver: Driver, api: FakeScalingAPI
 ) -> None:
