@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 from types import ModuleType
 
@@ -134,8 +135,8 @@ def test_every_public_class_and_function_has_a_docstring(
     assert undocumented == []
 
 
-def test_version_is_a_string() -> None:
-    assert isinstance(scaling_credentials.__version__, str)
+def test_version_is_the_installed_distribution_s() -> None:
+    assert scaling_credentials.__version__ == importlib.metadata.version("scaling-credentials")
     assert scaling_credentials.__version__.count(".") >= 2
 
 

@@ -1,7 +1,8 @@
 """Malformed and unexpected Scaling API answers, over real sockets: 401s that are HTML,
 empty, invalid JSON, huge (with and without Content-Length), of the wrong types or with
-unknown codes, and other statuses from proxies. ScalingAuth must not crash, must not
-retry (let alone loop), must not refresh the key, and must return the response as is.
+unknown codes, and other statuses from proxies, through httpx.Client and (``kind``)
+httpx.AsyncClient. ScalingAuth must not crash, must not retry (let alone loop), must not
+refresh the key, and must return the response as is.
 
 FakeScalingAPI's ``script()`` serves most bodies; a small raw HTTP server below serves
 what FakeScalingAPI cannot (no Content-Length: chunked or close-delimited, a stalled body).
@@ -9,11 +10,13 @@ what FakeScalingAPI cannot (no Content-Length: chunked or close-delimited, a sta
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import socketserver
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -83,6 +86,55 @@ def make_auth(value: str) -> tuple[ScalingAuth, MemoryProvider]:
     return ScalingAuth(cache), provider
 
 
+CLIENTS = ["sync", "async"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a client returned, kept after the client is closed."""
+
+    status: int
+    content: bytes
+    history: tuple[int, ...]
+    unread: bool  # a streaming response the auth left unread
+
+    @classmethod
+    def of(cls, response: httpx.Response, *, unread: bool) -> Answer:
+        history = tuple(r.status_code for r in response.history)
+        content = response.content if response.is_stream_consumed else b""
+        return cls(response.status_code, content, history, unread)
+
+
+def get(
+    kind: str, base_url: str, auth: ScalingAuth, *, stream: bool = False, read: bool = True
+) -> Answer:
+    """One GET of PATH through an ``httpx.Client`` or an ``httpx.AsyncClient``; with
+    ``stream``, a streaming request whose body the caller reads (unless not ``read``) once
+    the auth is done with it."""
+    timeout = httpx.Timeout(30.0, read=2.0)
+    if kind == "sync":
+        with httpx.Client(base_url=base_url, auth=auth, timeout=timeout) as client:
+            if not stream:
+                return Answer.of(client.get(PATH), unread=False)
+            with client.stream("GET", PATH) as response:
+                unread = not response.is_stream_consumed
+                if read:
+                    response.read()
+                return Answer.of(response, unread=unread)
+
+    async def scenario() -> Answer:
+        async with httpx.AsyncClient(base_url=base_url, auth=auth, timeout=timeout) as client:
+            if not stream:
+                return Answer.of(await client.get(PATH), unread=False)
+            async with client.stream("GET", PATH) as response:
+                unread = not response.is_stream_consumed
+                if read:
+                    await response.aread()
+                return Answer.of(response, unread=unread)
+
+    return asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("case", sorted(MALFORMED_401))
 def test_malformed_401_is_returned_as_is_without_retry_or_refresh(
     api: FakeScalingAPI, case: str
@@ -109,37 +161,31 @@ def test_malformed_401_is_returned_as_is_without_retry_or_refresh(
 
 @pytest.mark.parametrize("case", ["html", "invalid-json", "huge-with-length", "deeply-nested"])
 def test_malformed_401_under_the_async_client(api: FakeScalingAPI, case: str) -> None:
-    import asyncio
-
     body, content_type = MALFORMED_401[case]
     auth, provider = make_auth(api.issue_key())
     api.script(ScriptedResponse(401, body, content_type=content_type))
-
-    async def scenario() -> httpx.Response:
-        async with httpx.AsyncClient(base_url=api.url, auth=auth) as client:
-            return await client.get(PATH)
-
-    response = asyncio.run(scenario())
-    assert (response.status_code, response.content, response.history) == (401, body, [])
+    answer = get("async", api.url, auth)
+    assert (answer.status, answer.content, answer.history) == (401, body, ())
     assert provider.fetches == 1 and len(api.requests) == 1
 
 
+@pytest.mark.parametrize("kind", CLIENTS)
 def test_a_real_rejection_with_nothing_new_in_the_source_is_sent_once(
-    api: FakeScalingAPI,
+    api: FakeScalingAPI, kind: str
 ) -> None:
     """The documented answer, but the source still holds the same key: one forced fetch,
     no resend, the 401 returned."""
     auth, provider = make_auth(api.issue_key())
     api.script(ScriptedResponse(401, REJECTION))
-    with httpx.Client(base_url=api.url, auth=auth) as client:
-        response = client.get(PATH)
-    assert (response.status_code, response.content) == (401, REJECTION)
+    answer = get(kind, api.url, auth)
+    assert (answer.status, answer.content, answer.history) == (401, REJECTION, ())
     assert provider.fetches == 2 and len(api.requests) == 1
 
 
+@pytest.mark.parametrize("kind", CLIENTS)
 @pytest.mark.parametrize("retry_answer", ["html", "empty", "huge-with-length"])
 def test_a_malformed_answer_to_the_retry_ends_the_request(
-    api: FakeScalingAPI, retry_answer: str
+    api: FakeScalingAPI, retry_answer: str, kind: str
 ) -> None:
     old = api.issue_key()
     auth, provider = make_auth(old)
@@ -149,10 +195,8 @@ def test_a_malformed_answer_to_the_retry_ends_the_request(
     api.script(
         ScriptedResponse(401, REJECTION), ScriptedResponse(401, body, content_type=content_type)
     )
-    with httpx.Client(base_url=api.url, auth=auth) as client:
-        response = client.get(PATH)
-    assert response.status_code == 401 and response.content == body
-    assert [r.status_code for r in response.history] == [401]
+    answer = get(kind, api.url, auth)
+    assert (answer.status, answer.content, answer.history) == (401, body, (401,))
     assert len(api.requests) == 2  # one retry, never more
     assert provider.fetches == 2
 
@@ -184,18 +228,16 @@ OTHER: dict[str, tuple[int, bytes, str]] = {
 }
 
 
+@pytest.mark.parametrize("kind", CLIENTS)
 @pytest.mark.parametrize("case", sorted(OTHER))
-def test_other_statuses_are_returned_unread_and_untouched(api: FakeScalingAPI, case: str) -> None:
+def test_other_statuses_are_returned_unread_and_untouched(
+    api: FakeScalingAPI, case: str, kind: str
+) -> None:
     status, body, content_type = OTHER[case]
     auth, provider = make_auth(api.issue_key())
     api.script(ScriptedResponse(status, body, content_type=content_type))
-    with (
-        httpx.Client(base_url=api.url, auth=auth) as client,
-        client.stream("GET", PATH) as response,
-    ):
-        assert response.status_code == status
-        assert not response.is_stream_consumed  # the auth did not read it
-        assert response.read() == body
+    answer = get(kind, api.url, auth, stream=True)
+    assert (answer.status, answer.unread, answer.content) == (status, True, body)
     assert provider.fetches == 1 and len(api.requests) == 1
 
 
@@ -294,52 +336,47 @@ def close_delimited(status: int, reason: bytes, body: bytes) -> Callable[[], Ite
     return answer
 
 
-def test_huge_chunked_401_is_returned_as_is(raw: Callable[..., RawServer]) -> None:
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_huge_chunked_401_is_returned_as_is(raw: Callable[..., RawServer], kind: str) -> None:
     server = raw(chunked_401(8 * MIB))
     auth, provider = make_auth("scl_live_chunkedchunked0123456789")
-    with httpx.Client(base_url=server.url, auth=auth, timeout=30) as client:
-        response = client.get(PATH)
-    assert response.status_code == 401
-    assert len(response.content) >= 8 * MIB
-    assert response.content.startswith(REJECTION[:-1])
+    answer = get(kind, server.url, auth)
+    assert answer.status == 401
+    assert len(answer.content) >= 8 * MIB
+    assert answer.content.startswith(REJECTION[:-1])
     assert provider.fetches == 1 and server.requests == 1
 
 
-def test_huge_close_delimited_401_is_returned_as_is(raw: Callable[..., RawServer]) -> None:
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_huge_close_delimited_401_is_returned_as_is(
+    raw: Callable[..., RawServer], kind: str
+) -> None:
     body = b"<html>" + b"denied " * (MIB // 2) + b"</html>"
     server = raw(close_delimited(401, b"Unauthorized", body))
     auth, provider = make_auth("scl_live_closeclose0123456789abc")
-    with httpx.Client(base_url=server.url, auth=auth, timeout=30) as client:
-        response = client.get(PATH)
-    assert (response.status_code, response.content) == (401, body)
+    answer = get(kind, server.url, auth)
+    assert (answer.status, answer.content) == (401, body)
     assert provider.fetches == 1 and server.requests == 1
 
 
-def test_proxy_5xx_without_length_stays_streaming(raw: Callable[..., RawServer]) -> None:
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_proxy_5xx_without_length_stays_streaming(raw: Callable[..., RawServer], kind: str) -> None:
     body = b"<html><h1>503 Service Unavailable</h1></html>"
     server = raw(close_delimited(503, b"Service Unavailable", body))
     auth, provider = make_auth("scl_live_proxyproxy0123456789abc")
-    with (
-        httpx.Client(base_url=server.url, auth=auth, timeout=30) as client,
-        client.stream("GET", PATH) as response,
-    ):
-        assert response.status_code == 503
-        assert not response.is_stream_consumed
-        assert response.read() == body
+    answer = get(kind, server.url, auth, stream=True)
+    assert (answer.status, answer.unread, answer.content) == (503, True, body)
     assert provider.fetches == 1 and server.requests == 1
 
 
+@pytest.mark.parametrize("kind", CLIENTS)
 def test_a_stalled_chunked_401_does_not_hold_a_streaming_request(
-    raw: Callable[..., RawServer],
+    raw: Callable[..., RawServer], kind: str
 ) -> None:
     # 1 MiB of body arrives at once, then nothing: far more than any error body, so the
     # auth has all it needs to decide "not a rejection" without waiting for the rest.
     server = raw(chunked_401(8 * MIB, stall_after=MIB))
     auth, provider = make_auth("scl_live_stalledstalled0123456789")
-    timeout = httpx.Timeout(10.0, read=2.0)
-    with (
-        httpx.Client(base_url=server.url, auth=auth, timeout=timeout) as client,
-        client.stream("GET", PATH) as response,
-    ):
-        assert response.status_code == 401
+    answer = get(kind, server.url, auth, stream=True, read=False)
+    assert (answer.status, answer.unread) == (401, True)
     assert provider.fetches == 1 and server.requests == 1

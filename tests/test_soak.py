@@ -12,6 +12,7 @@ KeyCache through rotations and failures, not throughput). About 20 s.
 from __future__ import annotations
 
 import importlib.util
+import random
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +24,8 @@ THREADS = 16
 TASKS = 500
 DURATION = 18.0
 BACKOFF_INITIAL = 0.05  # what benchmarks/soak.py configures
+SEED = 20260101
+FAILURE_RATE = 0.1
 
 
 def load_soak() -> ModuleType:
@@ -46,21 +49,30 @@ def test_soak_rotation_and_failures_under_threads_and_tasks() -> None:
         threads=THREADS,
         tasks=TASKS,
         period=1.0,
-        failure_rate=0.1,
+        failure_rate=FAILURE_RATE,
         ttl=0.5,
         sync_pause=0.5,
         async_pause=8.0,
         warmup=8.0,
+        seed=SEED,
     )
     # Zero failed requests, and every worker really took part.
     assert report.failed == 0, report.failures
     assert report.workers_with_requests == THREADS + TASKS
     assert report.sync_requests >= THREADS and report.async_requests >= TASKS
-    # Keys really rotated and were revoked (the first revocation is never deferred).
+    # Keys really rotated and were revoked. How many depends on real time (rotations are
+    # 1 s apart and wait for the TTL pickup; a slow machine defers a revocation while a
+    # request that may retry with the key is in flight): the first revocation is never
+    # deferred, and no key is revoked twice or before it was replaced.
     assert report.rotations >= 5
-    assert report.revocations >= 1
+    assert 1 <= report.revocations <= report.rotations
     # The backend: single-flight under load, within the computed bound, a pause after
     # every failure, and no forced fetch (a revoked key always had a newer one cached).
+    # The number of attempts depends on real time; which of them failed does not: the
+    # injection draws once per attempt from a generator seeded with SEED + 1.
+    draws = random.Random(SEED + 1)
+    expected = sum(draws.random() < FAILURE_RATE for _ in range(report.backend_attempts))
+    assert report.injected_failures == expected
     assert report.injected_failures >= 1, "the 10 % failure injection never fired"
     assert report.max_in_flight == 1
     assert report.backend_attempts <= report.attempt_bound, report

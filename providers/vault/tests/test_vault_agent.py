@@ -154,7 +154,10 @@ def test_agent_renders_the_key_and_file_provider_follows_rotation(
 
     failed = [s for s in progress.statuses if s != 200]
     assert failed == [], f"{len(failed)} failed requests"
-    assert progress.retried >= 1  # the revocation was really met by a retry
+    # The revocation was really met by a retry. How many requests carried the old key
+    # into it depends on where the threads were (real threads, real time): at least one,
+    # and at most one per thread, since a thread's retry leaves the new key cached.
+    assert 1 <= progress.retried <= THREADS
     assert cache.stats.fetches == 2
     assert cache.stats.forced_fetches == 1
     current = cache.peek()
