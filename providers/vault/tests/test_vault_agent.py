@@ -154,12 +154,17 @@ def test_agent_renders_the_key_and_file_provider_follows_rotation(
 
     failed = [s for s in progress.statuses if s != 200]
     assert failed == [], f"{len(failed)} failed requests"
-    # The revocation was really met by a retry. How many requests carried the old key
-    # into it depends on where the threads were (real threads, real time): at least one,
-    # and at most one per thread, since a thread's retry leaves the new key cached.
-    assert 1 <= progress.retried <= THREADS
+    # One fetch picked up the re-render: either the file's change check (at most a second
+    # after the render, before the revocation: no 401 at all) or the forced fetch after
+    # the revocation's first 401. Which one depends on real time; for the forced fetch,
+    # how many requests carried the old key into it depends on where the threads were: at
+    # least one, at most one per thread, since a thread's retry leaves the new key cached.
     assert cache.stats.fetches == 2
-    assert cache.stats.forced_fetches == 1
+    if cache.stats.forced_fetches == 0:
+        assert progress.retried == 0
+    else:
+        assert cache.stats.forced_fetches == 1
+        assert 1 <= progress.retried <= THREADS
     current = cache.peek()
     assert current is not None and current.reveal() == new
     bao_root.auth.approle.delete_role(role)
