@@ -11,11 +11,13 @@ KeyCache through rotations and failures, not throughput). About 20 s.
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import random
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 
 import pytest
 
@@ -28,23 +30,31 @@ SEED = 20260101
 FAILURE_RATE = 0.1
 
 
-def load_soak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("scaling_soak", SOAK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    try:
+def run_soak(**options: object) -> SimpleNamespace:
+    """benchmarks/soak.py's ``run(**options)`` in a fresh interpreter, so that its memory
+    measurement sees this run only (not threads that other tests left winding down)."""
+    script = textwrap.dedent(
+        f"""
+        import dataclasses, importlib.util, json, sys
+        spec = importlib.util.spec_from_file_location("scaling_soak", {str(SOAK)!r})
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up by name
         spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return module
+        report = module.run(**{options!r})
+        print(json.dumps(dataclasses.asdict(report)))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=170, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return SimpleNamespace(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_soak_rotation_and_failures_under_threads_and_tasks() -> None:
-    soak = load_soak()
-    report = soak.run(
+    report = run_soak(
         duration=DURATION,
         threads=THREADS,
         tasks=TASKS,
