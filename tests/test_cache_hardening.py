@@ -42,6 +42,44 @@ def test_each_caller_gets_its_own_exception_chained_to_the_kept_cause() -> None:
     assert errors[0].__cause__.__traceback__ is None  # kept without its frames
 
 
+def _exceptions_in_chain(error: BaseException) -> list[BaseException]:
+    """Every exception reachable from ``error`` through ``__cause__`` and ``__context__``."""
+    seen: dict[int, BaseException] = {}
+    todo: list[BaseException | None] = [error]
+    while todo:
+        link = todo.pop()
+        if link is None or id(link) in seen:
+            continue
+        seen[id(link)] = link
+        todo += [link.__cause__, link.__context__]
+    return list(seen.values())
+
+
+def test_no_traceback_is_kept_anywhere_in_the_chain() -> None:
+    # A provider that raises while handling two errors: its error's cause (the HTTP
+    # failure) and its context (the body that did not parse) are different exceptions,
+    # and each holds frames (with their locals: a request, a token) until cleared.
+    class Parsing(MemoryProvider):
+        def fetch(self) -> ApiKey:
+            try:
+                raise ConnectionError("backend answered 500")
+            except ConnectionError as failure:
+                try:
+                    raise ValueError("the error body is not JSON")
+                except ValueError:
+                    raise ProviderError("memory: bad answer", provider="memory") from failure
+
+    cache = KeyCache(Parsing(K1), backoff_initial=100, backoff_max=100, clock=FakeClock())
+    with pytest.raises(ProviderError) as info:
+        cache.get()
+    chain = _exceptions_in_chain(info.value)
+    assert {type(e) for e in chain} == {ProviderError, ConnectionError, ValueError}
+    assert [e for e in chain if e is not info.value and e.__traceback__ is not None] == []
+    kept = cache._error
+    assert kept is not None
+    assert [e for e in _exceptions_in_chain(kept) if e.__traceback__ is not None] == []
+
+
 def test_20000_failing_gets_leave_memory_flat_and_tracebacks_short() -> None:
     provider = MemoryProvider(None)  # nothing in the source: SecretNotFoundError
     cache = KeyCache(provider, backoff_initial=3600, backoff_max=3600, clock=FakeClock())

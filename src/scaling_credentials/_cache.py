@@ -572,12 +572,17 @@ class KeyCache:
             )
             wrapped.__cause__ = error
             error = wrapped
+        # Both links of every exception: a provider that raises ``from`` one error while
+        # handling another has a cause and a different context, each with its frames.
         seen: set[int] = set()
-        link: BaseException | None = error
-        while link is not None and id(link) not in seen:
+        todo: list[BaseException | None] = [error]
+        while todo:
+            link = todo.pop()
+            if link is None or id(link) in seen:
+                continue
             seen.add(id(link))
             link.__traceback__ = None
-            link = link.__cause__ or link.__context__
+            todo += (link.__cause__, link.__context__)
         return error
 
     def _error_for_caller(self) -> BaseException:
