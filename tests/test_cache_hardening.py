@@ -10,13 +10,20 @@ import gc
 import logging
 import os
 import random
+import sys
 import threading
 import traceback
 import tracemalloc
 
 import pytest
 
-from scaling_credentials import ApiKey, CacheEvent, KeyCache, ProviderError
+from scaling_credentials import (
+    ApiKey,
+    CacheEvent,
+    KeyCache,
+    ProviderError,
+    SecretNotFoundError,
+)
 from scaling_credentials.testing import FakeClock, MemoryProvider
 
 K1 = "scl_live_firstkey0123456789abcd"
@@ -40,6 +47,54 @@ def test_each_caller_gets_its_own_exception_chained_to_the_kept_cause() -> None:
     causes = {id(error.__cause__) for error in errors}
     assert len(causes) == 1 and isinstance(errors[0].__cause__, OSError)
     assert errors[0].__cause__.__traceback__ is None  # kept without its frames
+
+
+class Throttled(ProviderError):
+    """A third-party provider's error whose ``__init__`` does not take the message."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"throttled; retry after {retry_after:g} s", provider="vendor")
+        self.retry_after = retry_after
+
+
+class NoSuchSecret(SecretNotFoundError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no secret named {name}", provider="vendor")
+        self.name = name
+
+
+@pytest.mark.parametrize("raised", [Throttled(5), NoSuchSecret("api-key")])
+def test_each_caller_gets_a_true_copy_of_a_custom_provider_error(raised: ProviderError) -> None:
+    # The copy keeps the type (callers catch it), the message and the attributes, and is
+    # built without calling the class's own __init__ with arguments it does not take.
+    provider = MemoryProvider(K1)
+    provider.fail = raised
+    cache = KeyCache(provider, backoff_initial=100, backoff_max=100, clock=FakeClock())
+    errors: list[ProviderError] = []
+    for _ in range(3):
+        with pytest.raises(type(raised)) as info:
+            cache.get()
+        errors.append(info.value)
+    assert len({id(error) for error in errors}) == 3
+    for error in errors:
+        assert type(error) is type(raised)
+        assert str(error) == str(raised)
+        assert vars(error) == vars(raised)
+    assert provider.fetches == 1
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="add_note is Python 3.11+")
+def test_a_note_added_by_one_caller_is_not_seen_by_the_next() -> None:
+    provider = MemoryProvider(K1)
+    failure = ProviderError("memory: down", provider="memory")
+    failure.add_note("region eu-west-1")
+    provider.fail = failure
+    cache = KeyCache(provider, backoff_initial=100, backoff_max=100, clock=FakeClock())
+    for request in range(3):
+        with pytest.raises(ProviderError) as info:
+            cache.get()
+        assert info.value.__notes__ == ["region eu-west-1"]
+        info.value.add_note(f"request {request}")
 
 
 def _exceptions_in_chain(error: BaseException) -> list[BaseException]:

@@ -19,7 +19,6 @@ read costs well under a microsecond.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import random as _random
@@ -588,13 +587,23 @@ class KeyCache:
     def _error_for_caller(self) -> BaseException:
         """A new exception for this caller, a copy of the kept one chained to the same
         (traceback-free) causes: one shared instance raised to many callers would grow its
-        traceback with every raise, pin their frames, and race across threads."""
+        traceback with every raise, pin their frames, and race across threads.
+
+        The copy is built without calling the class's ``__init__`` (a provider's own
+        error class may take other arguments than its message): same type, same
+        ``args``, same attributes, and a list of notes of its own."""
         with self._lock:
             kept = self._error
         if kept is None:  # pragma: no cover - defensive
             return ProviderError(f"{self.describe()} is failing", provider=self.describe())
+        cls = type(kept)
         try:
-            error = copy.copy(kept)
+            error = cls.__new__(cls, *kept.args)
+            error.args = kept.args
+            error.__dict__.update(vars(kept))
+            notes = getattr(kept, "__notes__", None)
+            if isinstance(notes, list):
+                error.__notes__ = list(notes)  # type: ignore[attr-defined]
         except Exception:
             error = ProviderError(str(kept), provider=self.describe())
         error.__cause__ = kept.__cause__
