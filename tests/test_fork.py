@@ -15,6 +15,7 @@ import mmap
 import os
 import signal
 import struct
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +24,19 @@ import httpx
 import pytest
 
 from scaling_credentials import FileProvider, KeyCache, ScalingAuth
-from scaling_credentials.testing import FakeScalingAPI, rotate_and_revoke, run_prefork_rotation
+from scaling_credentials.testing import (
+    FakeClock,
+    FakeScalingAPI,
+    MemoryProvider,
+    rotate_and_revoke,
+    run_prefork_rotation,
+)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 PATH = "/oncall/schedules"
+K1 = "scl_live_firstkey0123456789abcd"
+K2 = "scl_live_secondkey0123456789wxyz"
 CHILD_TIMEOUT = 60.0
 SLOT = struct.Struct("qqqq")  # ok, failed, fetches, done
 
@@ -161,3 +170,29 @@ def test_pre_fork_server_pattern_with_rotation(
     assert all(1 <= w.fetches <= 3 for w in slots), slots
     rejected = [r for r in api.requests if r.status == 401]
     assert len(rejected) <= children * 3 * 2, "workers looped on 401s"
+
+
+def test_a_forced_fetch_in_flight_at_fork_is_owed_to_the_child() -> None:
+    # The parent's forced fetch for a rejected key never finishes in the child (its
+    # thread is gone): the child's next rejection of that key still earns one at once,
+    # rather than waiting out min_refresh_interval as if the source had been asked.
+    provider = MemoryProvider(K1)
+    cache = KeyCache(provider, ttl=3600, jitter=0, clock=FakeClock())
+    key = cache.get()
+    provider.gate = threading.Event()
+    provider.started.clear()
+    parent_refresh = threading.Thread(target=lambda: cache.refresh(rejected=key), daemon=True)
+    parent_refresh.start()
+    assert provider.started.wait(10)
+
+    def child() -> int:
+        provider.gate = None
+        provider.value = K2
+        fresh, outcome = cache._refresh(key)
+        return 0 if (fresh.reveal(), outcome) == (K2, "fetched") else 3
+
+    try:
+        assert wait_child(fork_child(child)) == 0
+    finally:
+        provider.gate.set()
+        parent_refresh.join(timeout=10)

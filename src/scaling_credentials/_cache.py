@@ -864,6 +864,10 @@ class KeyCache:
         # Keep the warmed key; draw new randomness (unless injected) and spread the next
         # lifetime widely, so that pre-fork workers do not refetch in step.
         self._lock = threading.Lock()
+        flight = self._flight
+        if flight is not None:
+            # It never ends here: a forced fetch it was making is owed to the child.
+            self._orphan_locked(flight)
         self._flight = None
         self._state.ended()
         if self._own_rng:
