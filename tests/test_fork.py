@@ -196,3 +196,30 @@ def test_a_forced_fetch_in_flight_at_fork_is_owed_to_the_child() -> None:
     finally:
         provider.gate.set()
         parent_refresh.join(timeout=10)
+
+
+def test_a_subscriber_lock_held_at_fork_is_not_held_in_the_child() -> None:
+    cache = KeyCache(MemoryProvider(K1), clock=FakeClock())
+    cache.get()
+    holding, release = threading.Event(), threading.Event()
+
+    def subscribing() -> None:  # a thread in the middle of subscribe() at the fork
+        with cache._events._lock:
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=subscribing, daemon=True)
+    thread.start()
+    assert holding.wait(10)
+
+    def child() -> int:
+        subscriber = threading.Thread(target=lambda: cache.subscribe(lambda event: None))
+        subscriber.start()
+        subscriber.join(timeout=10)
+        return 4 if subscriber.is_alive() else 0
+
+    try:
+        assert wait_child(fork_child(child)) == 0
+    finally:
+        release.set()
+        thread.join(timeout=10)

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Literal, NamedTuple
 
+from ._fork import after_fork
 from ._redact import get_logger
 
 __all__ = ["CacheEvent", "EventKind", "Subscribers"]
@@ -56,6 +57,7 @@ class Subscribers:
         self._callbacks: tuple[Callback, ...] = ()
         self._lock = threading.Lock()
         self._reported: set[int] = set()
+        after_fork(self, Subscribers._after_fork)
 
     def __bool__(self) -> bool:
         return bool(self._callbacks)
@@ -87,6 +89,10 @@ class Subscribers:
                     callback(event)
                 except Exception as exc:
                     self._report(callback, exc)
+
+    def _after_fork(self) -> None:
+        # A thread (un)subscribing at the fork would hold the lock forever in the child.
+        self._lock = threading.Lock()
 
     def _report(self, callback: Callback, exc: Exception) -> None:
         with self._lock:
