@@ -553,6 +553,61 @@ def test_a_hung_backend_serves_the_stale_key() -> None:
         provider.gate.set()
 
 
+class FirstFetchHangs(MemoryProvider):
+    """The first fetch reads the source, then hangs until ``release`` is set (a response
+    stuck in transit); the flight it runs in is recorded."""
+
+    def __init__(self, value: str, cache_of: list[KeyCache]) -> None:
+        super().__init__(value)
+        self.release = threading.Event()
+        self.flights: list[object] = []
+        self.cache_of = cache_of
+
+    def fetch(self) -> ApiKey:
+        key = super().fetch()
+        if self.fetches == 1:
+            self.flights.append(self.cache_of[0]._flight)
+            assert self.release.wait(10)
+        return key
+
+
+def test_a_late_result_never_replaces_the_key_of_a_later_fetch() -> None:
+    cache_of: list[KeyCache] = []
+    provider = FirstFetchHangs(K1, cache_of)
+    clock = FakeClock()
+    cache = KeyCache(
+        provider, jitter=0, fetch_timeout=0.2, backoff_initial=1, backoff_max=1, clock=clock
+    )
+    cache_of.append(cache)
+    changes: list[str | None] = []
+    cache.subscribe(lambda e: changes.append(e.key) if e.kind == "key_changed" else None)
+    with pytest.raises(ProviderTimeoutError):
+        cache.get()  # the first fetch read K1 and hangs: abandoned
+    provider.value = K2  # rotated meanwhile
+    clock.advance(1)  # past the backoff step
+    assert cache.get().reveal() == K2
+    provider.release.set()  # the abandoned fetch ends now, with what it read long ago
+    (abandoned,) = provider.flights
+    assert abandoned.done.wait(10)  # type: ignore[attr-defined]
+    assert cache.peek() is not None and cache.peek().reveal() == K2  # type: ignore[union-attr]
+    assert cache.get().reveal() == K2
+    assert changes == []
+
+
+def test_a_late_result_is_used_when_nothing_newer_came() -> None:
+    cache_of: list[KeyCache] = []
+    provider = FirstFetchHangs(K1, cache_of)
+    cache = KeyCache(provider, jitter=0, fetch_timeout=0.2, clock=FakeClock())
+    cache_of.append(cache)
+    with pytest.raises(ProviderTimeoutError):
+        cache.get()
+    provider.release.set()
+    (abandoned,) = provider.flights
+    assert abandoned.done.wait(10)  # type: ignore[attr-defined]
+    assert cache.get().reveal() == K1  # in backoff, yet the late key is served
+    assert provider.fetches == 1
+
+
 def test_a_cancelled_waiter_does_not_break_the_fetch_for_others() -> None:
     cache, provider, _ = make()
     provider.gate = threading.Event()

@@ -199,6 +199,8 @@ class KeyCache:
         self._stale_serves = 0
         self._last_fetch_at: datetime | None = None
         self._last_fetch_duration: float | None = None
+        self._started = 0  # flights started (their numbers)
+        self._held_from = 0  # the number of the flight whose outcome the entry reflects
         after_fork(self, KeyCache._after_fork)
 
     # ------------------------------------------------------------------ public API
@@ -380,7 +382,8 @@ class KeyCache:
         if not isinstance(action, Fetch | Refresh):
             return None
         rejected = action.rejected if isinstance(action, Fetch) else None
-        flight = Flight(action.kind, now, self._policy.fetch_timeout, rejected)
+        self._started += 1
+        flight = Flight(action.kind, now, self._policy.fetch_timeout, rejected, self._started)
         self._flight = flight
         self._state.started(now, action.kind, rejected)
         self._fetches += 1
@@ -518,9 +521,16 @@ class KeyCache:
                 self._flight = None
                 self._state.ended()
             previous = self.peek()
-            outcome: Outcome
-            if error is None:
+            outcome: Outcome | None
+            if error is None and flight.abandoned and flight.number < self._held_from:
+                # A late result, and a fetch started after this one was given up has
+                # landed since: what this one read is older. The newer outcome stays.
                 assert isinstance(key, ApiKey)
+                outcome = None
+                flight.key = previous if previous is not None else key
+            elif error is None:
+                assert isinstance(key, ApiKey)
+                self._held_from = flight.number
                 if flight.stamp is not None:
                     self._state.checks = True
                 outcome = self._state.succeeded(
@@ -552,7 +562,16 @@ class KeyCache:
             flight.finished = True
         # Log and publish before waking anyone, so that the record precedes whatever the
         # callers do next (and attempt numbers appear in order).
-        self._log_outcome(flight, outcome, previous, error, duration)
+        if outcome is None:
+            logger.debug(
+                "a %s fetch from %s given up after fetch_timeout ended after %.1f ms; a later "
+                "fetch has landed since, so its result is dropped",
+                flight.kind,
+                self.describe(),
+                duration * 1000,
+            )
+        else:
+            self._log_outcome(flight, outcome, previous, error, duration)
         self._events.deliver(events)
         flight.wake()
 
@@ -678,7 +697,8 @@ class KeyCache:
 
     def _fetch_inline(self, stale_ok: bool) -> ApiKey | None:
         with self._lock:
-            flight = Flight("ttl", self._clock(), self._policy.fetch_timeout)
+            self._started += 1
+            flight = Flight("ttl", self._clock(), self._policy.fetch_timeout, None, self._started)
             self._fetches += 1
         self._launch(flight, prefer_async=False)
         return self._wait(flight, stale_ok=stale_ok)

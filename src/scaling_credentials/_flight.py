@@ -45,6 +45,7 @@ class Flight:
         "key",
         "kind",
         "loop",
+        "number",
         "orphaned",
         "rejected",
         "stamp",
@@ -58,8 +59,10 @@ class Flight:
         started_at: float,
         timeout: float,
         rejected: ApiKey | None = None,
+        number: int = 0,
     ) -> None:
         self.kind = kind
+        self.number = number  # flights of one cache are numbered in the order they start
         self.rejected = rejected  # a forced fetch after the API rejected this key
         self.started_at = started_at  # cache clock
         self.deadline = time.monotonic() + timeout  # real time: timeouts are real
