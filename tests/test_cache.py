@@ -568,6 +568,8 @@ class FirstFetchHangs(MemoryProvider):
         if self.fetches == 1:
             self.flights.append(self.cache_of[0]._flight)
             assert self.release.wait(10)
+            if self.fail:
+                raise ProviderError("memory: failed late", provider="memory")
         return key
 
 
@@ -606,6 +608,23 @@ def test_a_late_result_is_used_when_nothing_newer_came() -> None:
     assert abandoned.done.wait(10)  # type: ignore[attr-defined]
     assert cache.get().reveal() == K1  # in backoff, yet the late key is served
     assert provider.fetches == 1
+
+
+def test_a_fetch_given_up_then_failing_is_one_failure_in_stats_and_events() -> None:
+    cache_of: list[KeyCache] = []
+    provider = FirstFetchHangs(K1, cache_of)
+    cache = KeyCache(provider, jitter=0, fetch_timeout=0.2, clock=FakeClock())
+    cache_of.append(cache)
+    failures: list[str | None] = []
+    cache.subscribe(lambda e: failures.append(e.error) if e.kind == "fetch_failed" else None)
+    with pytest.raises(ProviderTimeoutError):
+        cache.get()
+    provider.fail = True  # it ends late, and fails
+    provider.release.set()
+    (abandoned,) = provider.flights
+    assert abandoned.done.wait(10)  # type: ignore[attr-defined]
+    assert cache.stats.errors == 1
+    assert failures == ["ProviderTimeoutError"]
 
 
 def test_a_cancelled_waiter_does_not_break_the_fetch_for_others() -> None:

@@ -549,15 +549,16 @@ class KeyCache:
                     self._error = error
                 outcome = self._state.failed(now, flight.rejected, count=counted)
                 flight.error = error
-                events.append(
-                    self._event(
-                        "fetch_failed",
-                        None,
-                        duration=duration,
-                        error=type(error).__name__,
-                        trigger=flight.kind,
+                if counted:  # else published when it was given up
+                    events.append(
+                        self._event(
+                            "fetch_failed",
+                            None,
+                            duration=duration,
+                            error=type(error).__name__,
+                            trigger=flight.kind,
+                        )
                     )
-                )
             flight.duration = duration
             flight.finished = True
         # Log and publish before waking anyone, so that the record precedes whatever the
