@@ -627,6 +627,52 @@ def test_a_fetch_given_up_then_failing_is_one_failure_in_stats_and_events() -> N
     assert failures == ["ProviderTimeoutError"]
 
 
+class LockProbe(logging.Handler):
+    """A log handler that notes, for each record, whether the cache's lock was held while
+    the record was emitted (a handler that reads the cache, or pages someone through a
+    client using it, would deadlock there)."""
+
+    def __init__(self, cache: KeyCache) -> None:
+        super().__init__(logging.DEBUG)
+        self.cache = cache
+        self.held: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lock = self.cache._lock
+        if lock.acquire(blocking=False):
+            lock.release()
+        else:
+            self.held.append(record.getMessage())
+
+
+@pytest.mark.parametrize("noticed_by", ["the waiter", "the next read"])
+def test_no_record_is_emitted_under_the_cache_lock_when_a_fetch_is_given_up(
+    noticed_by: str,
+) -> None:
+    cache, provider, clock = make(ttl=60, refresh_ahead=10, fetch_timeout=0.2)
+    key = cache.get()
+    provider.gate = threading.Event()
+    probe = LockProbe(cache)
+    cache_logger = logging.getLogger("scaling_credentials.cache")
+    cache_logger.addHandler(probe)
+    try:
+        if noticed_by == "the waiter":
+            clock.advance(61)
+            assert cache.get() == key  # waits fetch_timeout, gives up, serves the stale key
+        else:
+            clock.advance(55)
+            assert cache.get() == key  # starts a background refresh that hangs
+            flight = cache._flight
+            assert flight is not None
+            assert not flight.done.wait(0.3)  # past its deadline (real time)
+            assert cache._refresh(None) == (key, "skipped-backoff")  # notices, gives it up
+    finally:
+        cache_logger.removeHandler(probe)
+        provider.gate.set()
+    assert cache.stats.errors == 1
+    assert probe.held == []
+
+
 def test_a_cancelled_waiter_does_not_break_the_fetch_for_others() -> None:
     cache, provider, _ = make()
     provider.gate = threading.Event()

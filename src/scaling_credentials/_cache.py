@@ -362,7 +362,7 @@ class KeyCache:
         events: list[CacheEvent] = []
         with self._lock:
             now = self._clock()
-            self._drop_dead_flight(now, events)
+            abandoned = self._drop_dead_flight(now, events)
             action = ask(now)
             flight = self._begin(action, now)
             if isinstance(action, Serve) and action.stale:
@@ -373,6 +373,7 @@ class KeyCache:
                 events.append(self._event("refresh_skipped", action.key, trigger=trigger))
             elif read and isinstance(action, Serve | Refresh | Check):
                 self._hits += 1
+        self._warn_abandoned(abandoned)
         self._events.deliver(events)
         return action, flight
 
@@ -391,14 +392,15 @@ class KeyCache:
             self._forced_fetches += 1
         return flight
 
-    def _drop_dead_flight(self, now: float, events: list[CacheEvent]) -> None:
+    def _drop_dead_flight(self, now: float, events: list[CacheEvent]) -> Failed | None:
         flight = self._flight
         if flight is None:
-            return
+            return None
         if time.monotonic() >= flight.deadline:
-            self._abandon(flight, now, events)
-        elif not flight.can_finish():
+            return self._abandon(flight, now, events)
+        if not flight.can_finish():
             self._orphan_locked(flight)
+        return None
 
     # ------------------------------------------------------------------ carrying out
 
@@ -646,14 +648,15 @@ class KeyCache:
             if record is not None:
                 record.verdict = Verdict.NEW  # it never reached the source: it earns one
 
-    def _abandon(self, flight: Flight, now: float, events: list[CacheEvent]) -> None:
+    def _abandon(self, flight: Flight, now: float, events: list[CacheEvent]) -> Failed | None:
         """A fetch past its deadline counts as failed (lock held); its late result is still
-        used when it comes."""
+        used when it comes. Returns the failure to report (with :meth:`_warn_abandoned`,
+        once the lock is released), or ``None`` when it was counted before."""
         if self._flight is flight:
             self._flight = None
             self._state.ended()
         if flight.abandoned or flight.finished:
-            return
+            return None
         flight.abandoned = True
         self._errors += 1
         self._error = ProviderTimeoutError(
@@ -666,7 +669,13 @@ class KeyCache:
         events.append(
             self._event("fetch_failed", None, error="ProviderTimeoutError", trigger=flight.kind)
         )
-        # Logged under the lock: rare, and the record must not race the next attempt's.
+        return failed
+
+    def _warn_abandoned(self, failed: Failed | None) -> None:
+        """Report a fetch given up after ``fetch_timeout`` (call with no lock held: a log
+        handler may use the cache)."""
+        if failed is None:
+            return
         logger.warning(
             "fetching the key from %s did not finish within %g s (fetch_timeout), attempt "
             "%d; %s; next backend attempt in %.3g s",
@@ -707,13 +716,15 @@ class KeyCache:
     def _gave_up(self, flight: Flight, stale_ok: bool) -> ApiKey | None:
         """The flight did not end in time (or can no longer end)."""
         events: list[CacheEvent] = []
+        abandoned: Failed | None = None
         with self._lock:
             if flight.finished or flight.orphaned:
                 pass
             elif not flight.can_finish():
                 self._orphan_locked(flight)
             else:
-                self._abandon(flight, self._clock(), events)
+                abandoned = self._abandon(flight, self._clock(), events)
+        self._warn_abandoned(abandoned)
         self._events.deliver(events)
         if flight.orphaned:
             return None  # decide again
