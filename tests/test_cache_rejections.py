@@ -219,15 +219,28 @@ def test_rejected_keys_are_remembered_by_fingerprint_and_bounded() -> None:
 
 
 class StampedProvider(MemoryProvider):
-    """A memory provider that can tell a change cheaply, like a file."""
+    """A memory provider that can tell a change cheaply, like a file. ``settle()`` waits
+    until every fetch it served has been recorded, logged and published (its thread
+    ended)."""
 
     def __init__(self, value: str) -> None:
         super().__init__(value)
         self.stamps = 0
+        self.threads: list[threading.Thread] = []
 
     def stamp(self) -> Hashable | None:
         self.stamps += 1
         return self.value
+
+    def fetch(self) -> ApiKey:
+        if threading.current_thread().name == "scaling-credentials-fetch":
+            self.threads.append(threading.current_thread())
+        return super().fetch()
+
+    def settle(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=10)
+            assert not thread.is_alive(), "a background fetch did not finish"
 
 
 def test_a_changed_stamp_is_refetched_within_the_check_interval_with_no_rejection() -> None:
@@ -267,6 +280,38 @@ def test_a_stamp_that_raises_is_ignored() -> None:
     provider = Broken(K1)
     cache = KeyCache(provider, ttl=3600, jitter=0, clock=FakeClock())
     assert cache.get().reveal() == K1
+
+
+def test_a_change_that_fails_to_read_is_retried_on_the_backoff_not_every_check(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The source changed to something that cannot be read (a file being replaced, a bad
+    # value): the change is fetched at once, and then retried on the backoff's steps,
+    # not at every check_interval with a warning each time.
+    provider = StampedProvider(K1)
+    clock = FakeClock()
+    cache = KeyCache(provider, ttl=3600, jitter=0, backoff_initial=4, backoff_max=60, clock=clock)
+    key = cache.get()
+    provider.value = K2
+    provider.fail = True
+    with caplog.at_level(logging.WARNING, logger="scaling_credentials.cache"):
+        for _ in range(30):  # 30 s, a check a second
+            clock.advance(1)
+            assert cache.get() == key  # the held key is fresh: served throughout
+            provider.settle()
+    attempts = provider.fetches - 1
+    # Backoff steps of at least 2, 4, 8, 16 s after the first attempt at t=1 s.
+    assert 2 <= attempts <= 4
+    failed = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failed) == attempts
+    provider.fail = False  # readable again: picked up within a backoff step (<= 32 s)
+    for _ in range(40):
+        clock.advance(1)
+        cache.get()
+        provider.settle()
+        if cache.get().reveal() == K2:
+            break
+    assert cache.get().reveal() == K2
 
 
 def test_async_reads_check_the_stamp_too() -> None:

@@ -549,7 +549,9 @@ class KeyCache:
                 if counted:
                     self._errors += 1
                     self._error = error
-                outcome = self._state.failed(now, flight.rejected, count=counted)
+                outcome = self._state.failed(
+                    now, flight.rejected, count=counted, stamp=flight.stamp
+                )
                 flight.error = error
                 if counted:  # else published when it was given up
                     events.append(
@@ -665,7 +667,7 @@ class KeyCache:
             "unreachable",
             provider=self.describe(),
         )
-        failed = self._state.failed(now, flight.rejected)
+        failed = self._state.failed(now, flight.rejected, stamp=flight.stamp)
         events.append(
             self._event("fetch_failed", None, error="ProviderTimeoutError", trigger=flight.kind)
         )

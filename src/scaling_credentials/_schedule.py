@@ -281,6 +281,7 @@ class Schedule:
         self.flight_rejected: str | None = None  # fingerprint of a forced fetch's key
         self.failures = 0
         self.retry_at: float | None = None
+        self.failed_stamp: Hashable | None = None  # the stamp the last failed fetch saw
         self.last_forced_at: float | None = None
         self.first = True  # the next lifetime is the first one: spread widely
         self.checks = False  # the provider has stamps: look at them on the read path
@@ -342,13 +343,16 @@ class Schedule:
     def on_stamp(self, now: float, seen: Hashable | None, check: Check) -> Serve | Refresh:
         """The provider's stamp after ``check``: a change starts a background fetch at
         once (also while the backend rests: a change is news, and comes at most once a
-        ``check_interval``). Either way the key ``check`` served is the answer."""
+        ``check_interval``). A change the failed fetch behind the rest already saw is no
+        news: it is retried when the rest is over. Either way the key ``check`` served
+        is the answer."""
         entry = self.entry
         if (
             entry is None
             or seen == check.stamp
             or seen == entry.stamp
             or self.flight_kind is not None
+            or (self.in_backoff(now) and seen == self.failed_stamp)
         ):
             return Serve(check.key)
         return Refresh(check.key, "change")
@@ -407,8 +411,16 @@ class Schedule:
         self.flight_kind = None
         self.flight_rejected = None
 
-    def failed(self, now: float, rejected: ApiKey | None, *, count: bool = True) -> Failed:
-        """The fetch failed (``count``: a backend failure that earns a rest)."""
+    def failed(
+        self,
+        now: float,
+        rejected: ApiKey | None,
+        *,
+        count: bool = True,
+        stamp: Hashable | None = None,
+    ) -> Failed:
+        """The fetch failed (``count``: a backend failure that earns a rest; ``stamp``:
+        the provider's stamp taken before it)."""
         if rejected is not None:
             record = self.rejected.get(rejected.fingerprint)
             if record is not None and record.verdict is Verdict.FORCED:
@@ -416,6 +428,7 @@ class Schedule:
         if count:
             self.failures += 1
             self.retry_at = now + self.policy.backoff(self.failures, self.rng)
+            self.failed_stamp = stamp
         entry = self.entry
         return Failed(
             attempt=self.failures,
