@@ -314,6 +314,30 @@ def test_a_change_that_fails_to_read_is_retried_on_the_backoff_not_every_check(
     assert cache.get().reveal() == K2
 
 
+def test_a_source_back_on_a_rejected_key_is_reread_on_the_backoff_not_every_check() -> None:
+    # A file source written back to a key the API rejected (a stale replica): the change
+    # is read once and the held key kept; the next re-read waits a backoff step, and the
+    # unchanged stamp is no news meanwhile.
+    provider = StampedProvider(K1)
+    clock = FakeClock()
+    cache = KeyCache(provider, ttl=3600, jitter=0, backoff_initial=8, backoff_max=60, clock=clock)
+    k1 = cache.get()
+    provider.value = K2
+    assert cache.refresh(rejected=k1).reveal() == K2
+    provider.value = K1  # back on the rejected key
+    before = provider.fetches
+    for _ in range(3):  # within the first backoff step (at least 4 s)
+        clock.advance(1)
+        assert cache.get().reveal() == K2
+        provider.settle()
+    assert provider.fetches - before == 1  # the change, read once
+    provider.value = K3  # a real change: read at once
+    clock.advance(1)
+    cache.get()
+    provider.settle()
+    assert cache.get().reveal() == K3
+
+
 def test_async_reads_check_the_stamp_too() -> None:
     provider = StampedProvider(K1)
     clock = FakeClock()

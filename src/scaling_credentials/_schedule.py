@@ -465,6 +465,7 @@ class Schedule:
             and not self.is_rejected(held.key)
         ):
             # Never step back to a key the API rejected: keep the held one, ask again soon.
+            # The source was read at ``stamp``: only a change from there is news.
             self.kept_in_a_row += 1
             delay = self.policy.backoff(self.kept_in_a_row, self.rng)
             self.entry = _entry(
@@ -473,7 +474,7 @@ class Schedule:
                 max(held.expires_at, now + lifetime),
                 now + delay,
                 held.check_at,
-                held.stamp,
+                stamp,
             )
             first_time, refused.kept_logged = not refused.kept_logged, True
             return Kept(held.key, key, delay, first_time)
