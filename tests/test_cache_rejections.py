@@ -282,6 +282,32 @@ def test_a_stamp_that_raises_is_ignored() -> None:
     assert cache.get().reveal() == K1
 
 
+@pytest.mark.parametrize("then", ["raises", "cannot tell"])
+def test_a_stamp_that_stops_working_is_no_news(then: str) -> None:
+    # A stamp is a hint: when the provider cannot give one (it raises, or returns None),
+    # the TTL holds, and nothing is refetched for it.
+    class Flaky(StampedProvider):
+        broken = False
+
+        def stamp(self) -> Hashable | None:
+            if not self.broken:
+                return super().stamp()
+            if then == "raises":
+                raise OSError("stale file handle")
+            return None
+
+    provider = Flaky(K1)
+    clock = FakeClock()
+    cache = KeyCache(provider, ttl=3600, jitter=0, clock=clock)
+    cache.get()
+    provider.broken = True
+    for _ in range(5):
+        clock.advance(1)
+        assert cache.get().reveal() == K1
+        provider.settle()
+    assert provider.fetches == 1
+
+
 def test_a_change_that_fails_to_read_is_retried_on_the_backoff_not_every_check(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

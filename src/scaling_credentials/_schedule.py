@@ -344,11 +344,13 @@ class Schedule:
         """The provider's stamp after ``check``: a change starts a background fetch at
         once (also while the backend rests: a change is news, and comes at most once a
         ``check_interval``). A change the failed fetch behind the rest already saw is no
-        news: it is retried when the rest is over. Either way the key ``check`` served
+        news: it is retried when the rest is over. No stamp (the provider cannot tell
+        now, or its stamp raised) is no news either. Either way the key ``check`` served
         is the answer."""
         entry = self.entry
         if (
             entry is None
+            or seen is None
             or seen == check.stamp
             or seen == entry.stamp
             or self.flight_kind is not None
