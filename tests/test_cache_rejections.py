@@ -184,6 +184,26 @@ def test_a_fetch_returning_a_rejected_key_keeps_the_newer_key_and_asks_again_soo
     assert cache.is_rejected(k1) and not cache.is_rejected(cache.get())
 
 
+def test_a_kept_key_is_not_served_past_its_expiry_while_its_reread_waits() -> None:
+    # Short TTL, long backoff: the re-read of a source back on a rejected key is due
+    # after the kept key's expiry. At expiry the source is read as usual: the hot path
+    # never serves past it (nor past max_stale).
+    cache, provider, clock = make(
+        ttl=10, refresh_ahead=0, max_stale=0, backoff_initial=60, backoff_max=60
+    )
+    k1 = cache.get()
+    provider.value = K2
+    assert cache.refresh(rejected=k1).reveal() == K2
+    provider.value = K1  # back on the rejected key
+    clock.advance(10)
+    assert cache.get().reveal() == K2  # kept; re-read in 30 to 60 s
+    provider.value = K3
+    before = provider.fetches
+    clock.advance(11)  # past the kept key's expiry (ttl 10) and max_stale (0)
+    assert cache.get().reveal() == K3
+    assert provider.fetches == before + 1
+
+
 def test_when_every_key_is_rejected_the_source_is_believed() -> None:
     cache, provider, _ = make(ttl=3600)
     k1 = cache.get()

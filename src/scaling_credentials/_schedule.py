@@ -469,11 +469,13 @@ class Schedule:
             # Never step back to a key the API rejected: keep the held one, ask again soon.
             # The source was read at ``stamp``: only a change from there is news.
             self.kept_in_a_row += 1
-            delay = self.policy.backoff(self.kept_in_a_row, self.rng)
+            expires_at = max(held.expires_at, now + lifetime)
+            # Never served past its expiry without asking the source.
+            delay = min(self.policy.backoff(self.kept_in_a_row, self.rng), expires_at - now)
             self.entry = _entry(
                 held.key,
                 held.fetched_at,
-                max(held.expires_at, now + lifetime),
+                expires_at,
                 now + delay,
                 held.check_at,
                 stamp,
