@@ -263,10 +263,18 @@ class CacheMachine(RuleBasedStateMachine):
         if rejected is not None:
             self.reject(rejected)
         if entry is None:
-            # Nothing cached: refresh behaves as get().
             fetched, key, raised = self.call("refresh", rejected)
-            self.record_attempt(fetched)
-            assert raised or key is not None
+            if rejected is not None and verdict == "new":
+                # Nothing cached, yet every rejected key earns one forced fetch, at once.
+                assert fetched, "a newly rejected key did not get its forced fetch"
+                self.last_forced_at = self.now
+                self.forced_at.append(self.now)
+                self.record_attempt(fetched, forced_for=rejected, forced=True)
+                assert raised == bool(self.provider.fail)
+            else:
+                # Nothing cached: refresh behaves as get().
+                self.record_attempt(fetched)
+                assert raised or key is not None
             self.check_served(key, entry)
             return
         held_good = entry.key not in self.verdicts

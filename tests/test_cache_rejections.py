@@ -54,6 +54,18 @@ def test_each_new_rejected_key_is_refetched_at_once_whatever_the_interval() -> N
     assert k1.reveal() == K1
 
 
+def test_a_rejected_key_earns_its_forced_fetch_with_nothing_held() -> None:
+    # invalidate() between the request and its 401: the refresh still goes past the
+    # provider's own cache (refetch), once, and counts as forced.
+    cache, provider, _ = make(ttl=3600)
+    k1 = cache.get()
+    cache.invalidate()
+    provider.value = K2
+    assert cache.refresh(rejected=k1).reveal() == K2
+    assert [k.reveal() for k in provider.rejected] == [K1]
+    assert cache.stats.forced_fetches == 1 and provider.fetches == 2
+
+
 def test_a_stuck_key_is_held_to_the_interval_after_its_forced_fetch() -> None:
     cache, provider, clock = make(ttl=3600, min_refresh_interval=5)
     key = cache.get()

@@ -379,10 +379,10 @@ class Schedule:
             if self.flight_kind == "forced" and self.flight_rejected == rejected.fingerprint:
                 return Join(stale_ok=False)
             return Join(stale_ok=True, replan=True)
-        if entry is None:
-            return self.on_read(now)
         if record is not None and record.verdict is Verdict.NEW:
             return Fetch("forced", rejected)  # every rejected key earns one forced fetch
+        if entry is None:
+            return self.on_read(now)
         recently = (
             self.last_forced_at is not None
             and now - self.last_forced_at < self.policy.min_refresh_interval
