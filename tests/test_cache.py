@@ -15,6 +15,7 @@ import pytest
 
 from scaling_credentials import (
     ApiKey,
+    CacheEvent,
     ConfigurationError,
     KeyCache,
     ProviderError,
@@ -466,6 +467,38 @@ def test_stale_key_is_served_within_max_stale_then_the_error_surfaces(
     clock.advance(10)  # past expiry + max_stale
     with pytest.raises(ProviderError):
         cache.get()
+
+
+def test_a_fresh_key_served_after_a_failed_fetch_is_no_stale_serve() -> None:
+    # refresh() joins a refresh-ahead fetch that fails: the key it gets has not expired,
+    # so no stale serve is counted or published.
+    cache, provider, clock = make(ttl=100, refresh_ahead=20)
+    events: list[CacheEvent] = []
+    cache.subscribe(events.append)
+    key = cache.get()
+    provider.gate = threading.Event()
+    provider.started.clear()
+    provider.fail = True
+    clock.advance(85)  # in the refresh-ahead window
+    assert cache.get() == key  # starts the background refresh
+    assert provider.started.wait(10)
+    flight = cache._flight
+    assert flight is not None
+
+    async def scenario() -> ApiKey:
+        refreshing = asyncio.ensure_future(cache.arefresh())
+        for _ in range(1000):  # until it waits for the refresh in flight
+            if flight.async_waiters:
+                break
+            await asyncio.sleep(0)
+        assert flight.async_waiters
+        provider.gate.set()  # type: ignore[union-attr]
+        return await asyncio.wait_for(refreshing, 10)
+
+    assert asyncio.run(scenario()) == key
+    assert cache.stats.errors == 1
+    assert cache.stats.stale_serves == 0
+    assert "stale_served" not in [e.kind for e in events]
 
 
 def test_recovery_after_the_backend_returns() -> None:

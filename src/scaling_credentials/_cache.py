@@ -750,11 +750,16 @@ class KeyCache:
         raise self._error_for_caller()
 
     def _stale(self) -> ApiKey | None:
+        """The held key after a failed fetch, while usable; a stale serve only when it
+        has expired (a refresh that joined a failed refresh-ahead gets a fresh key)."""
         with self._lock:
-            key = self._state.usable(self._clock())
-            if key is not None:
+            now = self._clock()
+            key = self._state.usable(now)
+            entry = self._state.entry
+            stale = key is not None and entry is not None and now >= entry.expires_at
+            if stale:
                 self._stale_serves += 1
-        if key is not None:
+        if stale and key is not None:
             self._events.deliver([self._event("stale_served", key)])
         return key
 
