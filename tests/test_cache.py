@@ -800,6 +800,41 @@ def test_sync_get_inside_the_loop_of_an_async_fetch_does_not_deadlock() -> None:
     assert asyncio.run(asyncio.wait_for(scenario(), 10)).reveal() == K1
 
 
+@pytest.mark.parametrize("rotated", [True, False])
+def test_sync_refresh_inside_the_loop_of_an_async_fetch_makes_one_forced_fetch(
+    rotated: bool,
+) -> None:
+    # A sync client's 401 handled on the loop thread while that loop's own task fetches:
+    # the refresh cannot wait for that task, so it makes its own forced fetch (through
+    # refetch), once, whatever it returns.
+    class Native(MemoryProvider):
+        async def afetch(self) -> ApiKey:
+            await asyncio.Event().wait()  # never ends while the loop is blocked
+            raise AssertionError("unreachable")
+
+    provider = Native(K1)
+    clock = FakeClock()
+    cache = KeyCache(provider, ttl=60, jitter=0, refresh_ahead=0, fetch_timeout=5, clock=clock)
+    k1 = cache.get()
+    clock.advance(61)
+    if rotated:
+        provider.value = K2
+
+    async def scenario() -> tuple[ApiKey, str]:
+        reading = asyncio.ensure_future(cache.aget())  # the task's TTL fetch
+        await asyncio.sleep(0)
+        assert cache._flight is not None and cache._flight.task is not None
+        fresh, outcome = cache._refresh(k1)  # a sync call made from async code
+        reading.cancel()
+        return fresh, outcome
+
+    fresh, outcome = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert fresh.reveal() == (K2 if rotated else K1)
+    assert outcome == "fetched"
+    assert provider.fetches == 2  # the first use, then one for the refresh
+    assert [k.reveal() for k in provider.rejected] == [K1]
+
+
 # ---------------------------------------------------------------------------- fork and hygiene
 
 

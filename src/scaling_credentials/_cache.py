@@ -77,6 +77,12 @@ FETCH_FAILED: Final = {"scaling_credentials_event": "fetch_failed"}
 _MAX_ROUNDS: Final = 4
 
 
+def _blocks_its_loop(flight: Flight) -> bool:
+    """Whether this thread runs the event loop that ``flight``'s task needs (a sync call
+    made from inside async code): waiting for it here would deadlock."""
+    return flight.loop is not None and running_loop() is flight.loop
+
+
 def default_ttl(environ: dict[str, str] | None = None) -> float:
     """The TTL used when none is passed: ``SCALING_API_KEY_TTL`` seconds, else 300."""
     raw = (os.environ if environ is None else environ).get("SCALING_API_KEY_TTL", "").strip()
@@ -336,6 +342,13 @@ class KeyCache:
             action, flight = self._decide(lambda now: self._state.on_refresh(now, rejected))
             if isinstance(action, Serve):
                 return self._after_refresh(action.key, action.outcome, rejected)
+            if isinstance(action, Join) and flight is not None and _blocks_its_loop(flight):
+                # The fetch in flight is a task of the loop this thread runs: it cannot
+                # end while this call waits. This refresh makes its own forced fetch, once.
+                key = self._fetch_inline(False, rejected, forced=True)
+                if key is not None:
+                    return self._after_refresh(key, "fetched", rejected)
+                continue
             key = self._carry_out(action, flight)
             if key is not None and not (isinstance(action, Join) and action.replan):
                 return self._after_refresh(key, "fetched", rejected)
@@ -694,7 +707,7 @@ class KeyCache:
     # ------------------------------------------------------------------ waiting
 
     def _wait(self, flight: Flight, *, stale_ok: bool) -> ApiKey | None:
-        if flight.loop is not None and running_loop() is flight.loop:
+        if _blocks_its_loop(flight):
             # This thread runs the loop the fetch task needs: waiting here would deadlock
             # it. Fetch on our own instead (a sync call made from inside async code).
             return self._fetch_inline(stale_ok)
@@ -707,11 +720,23 @@ class KeyCache:
             return self._gave_up(flight, stale_ok)
         return self._result(flight, stale_ok)
 
-    def _fetch_inline(self, stale_ok: bool) -> ApiKey | None:
+    def _fetch_inline(
+        self, stale_ok: bool, rejected: ApiKey | None = None, *, forced: bool = False
+    ) -> ApiKey | None:
+        """A fetch of this caller's own, in a thread, while the one in flight cannot end
+        (``forced``: a refresh's, through ``refetch(rejected)``)."""
         with self._lock:
             self._started += 1
-            flight = Flight("ttl", self._clock(), self._policy.fetch_timeout, None, self._started)
+            flight = Flight(
+                "forced" if forced else "ttl",
+                self._clock(),
+                self._policy.fetch_timeout,
+                rejected,
+                self._started,
+            )
             self._fetches += 1
+            if forced:
+                self._forced_fetches += 1
         self._launch(flight, prefer_async=False)
         return self._wait(flight, stale_ok=stale_ok)
 
