@@ -835,6 +835,31 @@ def test_sync_refresh_inside_the_loop_of_an_async_fetch_makes_one_forced_fetch(
     assert [k.reveal() for k in provider.rejected] == [K1]
 
 
+def test_a_fetch_that_cannot_start_fails_at_once_instead_of_hanging_every_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The process is out of threads (a container's pids limit): the fetch never runs.
+    # It is a failed fetch, not one in flight that every later caller waits for until
+    # fetch_timeout.
+    import scaling_credentials._cache as cache_module
+
+    cache, provider, clock = make(ttl=60, refresh_ahead=0, fetch_timeout=30)
+    key = cache.get()
+    clock.advance(61)
+
+    def no_thread(target: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(cache_module, "start_thread", no_thread)
+    assert cache.get() == key  # stale, at once
+    assert cache._flight is None
+    assert cache.stats.errors == 1 and cache.stats.consecutive_failures == 1
+    monkeypatch.undo()
+    provider.value = K2
+    clock.advance(2)  # past the backoff step
+    assert cache.get().reveal() == K2
+
+
 # ---------------------------------------------------------------------------- fork and hygiene
 
 

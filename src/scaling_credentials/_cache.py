@@ -485,7 +485,10 @@ class KeyCache:
             flight.loop = loop
             flight.task = loop.create_task(self._run_async(flight))
             return
-        start_thread(lambda: self._run_sync(flight))
+        try:
+            start_thread(lambda: self._run_sync(flight))
+        except Exception as exc:  # no thread for it (the process is out of threads)
+            self._complete(flight, None, exc, time.perf_counter())
 
     def _run_sync(self, flight: Flight) -> None:
         started = time.perf_counter()
