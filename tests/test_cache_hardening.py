@@ -385,6 +385,37 @@ def test_a_raising_subscriber_is_reported_once_and_never_breaks_a_request(
     assert len(reports) == 1 and "RuntimeError" in reports[0].getMessage()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_subscriber_raising_a_base_exception_does_not_strand_the_waiters() -> None:
+    # A callback that leaves with SystemExit (sys.exit() to restart on a key change,
+    # say) ends the fetch thread it ran on: the callers waiting for that fetch still get
+    # its outcome at once, not after fetch_timeout.
+    provider = MemoryProvider(K1)
+    provider.gate = threading.Event()
+    cache = KeyCache(provider, ttl=60, jitter=0, fetch_timeout=30, clock=FakeClock())
+
+    fetch_threads: list[threading.Thread] = []
+
+    def exits(event: CacheEvent) -> None:
+        if event.kind == "fetched":
+            fetch_threads.append(threading.current_thread())
+            raise SystemExit(3)
+
+    cache.subscribe(exits)
+    got: list[ApiKey] = []
+    reader = threading.Thread(target=lambda: got.append(cache.get()), daemon=True)
+    reader.start()
+    assert provider.started.wait(10)
+    flight = cache._flight
+    assert flight is not None
+    provider.gate.set()
+    assert flight.done.wait(10), "the waiters were not woken"
+    reader.join(timeout=10)
+    assert [k.reveal() for k in got] == [K1]
+    for thread in fetch_threads:  # it ends with the SystemExit, within this test
+        thread.join(timeout=10)
+
+
 def test_subscribers_are_called_outside_the_lock() -> None:
     cache = KeyCache(MemoryProvider(K1), ttl=60, jitter=0, clock=FakeClock())
     observed: list[object] = []

@@ -582,19 +582,22 @@ class KeyCache:
             flight.duration = duration
             flight.finished = True
         # Log and publish before waking anyone, so that the record precedes whatever the
-        # callers do next (and attempt numbers appear in order).
-        if outcome is None:
-            logger.debug(
-                "a %s fetch from %s given up after fetch_timeout ended after %.1f ms; a later "
-                "fetch has landed since, so its result is dropped",
-                flight.kind,
-                self.describe(),
-                duration * 1000,
-            )
-        else:
-            self._log_outcome(flight, outcome, previous, error, duration)
-        self._events.deliver(events)
-        flight.wake()
+        # callers do next (and attempt numbers appear in order); wake them whatever a
+        # subscriber raises (SystemExit ends this thread, not their wait).
+        try:
+            if outcome is None:
+                logger.debug(
+                    "a %s fetch from %s given up after fetch_timeout ended after %.1f ms; a "
+                    "later fetch has landed since, so its result is dropped",
+                    flight.kind,
+                    self.describe(),
+                    duration * 1000,
+                )
+            else:
+                self._log_outcome(flight, outcome, previous, error, duration)
+            self._events.deliver(events)
+        finally:
+            flight.wake()
 
     def _keepable(self, error: BaseException) -> BaseException:
         """The error as the cache keeps it: a library error (a provider's own exception is
