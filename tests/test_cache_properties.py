@@ -21,7 +21,12 @@ outcome is accepted, and outside them the cache must behave one way:
 * never step back: while the cache holds a key the API has not rejected, it serves that
   key even when the source returns one the API rejected (the held key is "the best");
 * the key served is the one held, never past expiry + ``max_stale``;
-* an error only when no usable key exists (none fetched, or past the stale window).
+* an error only when no usable key exists (none fetched, or past the stale window);
+* with a source that has a stamp (a write counter, like a file's), a read of a fresh key
+  asks the source only when it was written since the last read that stored or kept a
+  key, and, within half a backoff step, since the last failed read too (a change is
+  news once);
+* the hot path never serves an entry past its expiry (``until <= expires_at``).
 
 Sized to run in a few seconds: see SETTINGS (``SCALING_HYPOTHESIS_EXAMPLES`` raises it).
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import pytest
@@ -90,15 +96,28 @@ class Entry:
         return self.expires_hi + MAX_STALE
 
 
+class VersionedProvider(MemoryProvider):
+    """A memory provider whose stamp (when ``stamped``) counts the writes to the source,
+    like a file's modification time and size."""
+
+    def __init__(self, value: str, *, stamped: bool) -> None:
+        super().__init__(value)
+        self.stamped = stamped
+        self.version = 0
+
+    def stamp(self) -> Hashable | None:
+        return self.version if self.stamped else None
+
+
 class CacheMachine(RuleBasedStateMachine):
     """One KeyCache against a model of the contract's bounds."""
 
-    @initialize(seed=st.integers(0, 2**32 - 1))
-    def setup(self, seed: int) -> None:
+    @initialize(seed=st.integers(0, 2**32 - 1), stamped=st.booleans())
+    def setup(self, seed: int, stamped: bool) -> None:
         self.counter = 0
         self.issued: list[str] = []
         self.clock = FakeClock()
-        self.provider = MemoryProvider(self.new_key())
+        self.provider = VersionedProvider(self.new_key(), stamped=stamped)
         self.cache = KeyCache(
             self.provider,
             ttl=TTL,
@@ -121,6 +140,8 @@ class CacheMachine(RuleBasedStateMachine):
         self.forced_at: list[float] = []
         self.verdicts: dict[str, str] = {}  # rejected key -> new | stuck | failed | replaced
         self.best: str | None = None  # the held key while the API has not rejected it
+        self.held_stamp: int | None = None  # the stamp of the read that stored or kept
+        self.failed_stamp: int | None = None  # the stamp of the last failed read
 
     def new_key(self) -> str:
         self.counter += 1
@@ -145,6 +166,20 @@ class CacheMachine(RuleBasedStateMachine):
             return False
         return self.now < self.last_failure_at + 0.5 * backoff_step(self.failures) - EPS
 
+    @property
+    def stamp(self) -> int | None:
+        return self.provider.version if self.provider.stamped else None
+
+    def write_source(self) -> None:
+        self.provider.version += 1
+
+    def change_may_fetch(self) -> bool:
+        """A stamp check may ask the source now (the source was written since)."""
+        stamp = self.stamp
+        if stamp is None or self.entry is None or stamp == self.held_stamp:
+            return False
+        return not (self.backoff_surely_runs() and stamp == self.failed_stamp)
+
     def settle(self) -> None:
         """Let a background re-read (a kept entry's) finish: the machine stays sequential."""
         flight = self.cache._flight
@@ -168,17 +203,23 @@ class CacheMachine(RuleBasedStateMachine):
         return calls == 1, key, raised
 
     def record_attempt(
-        self, fetched: bool, forced_for: str | None = None, *, forced: bool = False
+        self,
+        fetched: bool,
+        forced_for: str | None = None,
+        *,
+        forced: bool = False,
+        change: bool = False,
     ) -> None:
         if not fetched:
             return
-        assert not self.backoff_surely_runs() or forced_for is not None, (
+        assert not self.backoff_surely_runs() or forced_for is not None or change, (
             "backend called within half a backoff step"
         )
         now = self.now
         if self.provider.fail:
             self.failures += 1
             self.last_failure_at = now
+            self.failed_stamp = self.stamp
             if forced_for is not None:
                 self.verdicts[forced_for] = "failed"
             return
@@ -189,6 +230,7 @@ class CacheMachine(RuleBasedStateMachine):
         self.first = False
         self.failures = 0
         self.last_failure_at = None
+        self.held_stamp = self.stamp
         held = self.entry
         if (
             value in self.verdicts
@@ -233,9 +275,10 @@ class CacheMachine(RuleBasedStateMachine):
     @rule()
     def get(self) -> None:
         entry = self.entry
+        change = self.change_may_fetch()
         fetched, key, raised = self.call("get")
         if entry is not None and self.now < entry.surely_fresh_until - EPS:
-            assert not fetched, "backend called while the key was fresh"
+            assert not fetched or change, "backend called while the key was fresh"
             assert key is not None and key.reveal() == entry.key
         if (
             entry is not None
@@ -243,7 +286,7 @@ class CacheMachine(RuleBasedStateMachine):
             and not self.backoff_may_run()
         ):
             assert fetched, "expired, out of backoff, yet no backend call"
-        self.record_attempt(fetched)
+        self.record_attempt(fetched, change=change)
         if raised:
             usable = entry is not None and self.now <= entry.surely_usable_until - EPS
             assert not usable, "raised while a usable key was held"
@@ -290,7 +333,20 @@ class CacheMachine(RuleBasedStateMachine):
         if rejected is not None and verdict == "new" and not (rejected != entry.key and held_good):
             # Every rejected key earns one forced fetch, at once.
             assert fetched, "a newly rejected key did not get its forced fetch"
-        if fetched:
+        forced = self.cache.stats.forced_fetches > len(self.forced_at)
+        if fetched and not forced:
+            # Held back (interval or backoff) with the key past its stale window: the
+            # refresh does what get() does there, a TTL fetch.
+            assert not surely_usable, "a held-back refresh fetched while a usable key was held"
+            recently = (
+                verdict != "failed"
+                and self.last_forced_at is not None
+                and self.now - self.last_forced_at < MIN_REFRESH - EPS
+            )
+            assert recently or self.backoff_may_run(), "a refresh that could force did not"
+            self.record_attempt(fetched)
+            assert raised == bool(self.provider.fail)
+        elif fetched:
             if verdict not in ("new", "failed") and self.last_forced_at is not None:
                 assert self.now - self.last_forced_at >= MIN_REFRESH - EPS, (
                     "a key already refetched was forced again within min_refresh_interval"
@@ -325,6 +381,7 @@ class CacheMachine(RuleBasedStateMachine):
     @rule()
     def rotate(self) -> None:
         self.provider.value = self.new_key()
+        self.write_source()
 
     @precondition(lambda self: len(self.issued) > 1)
     @rule(pick=st.integers(0, 1000), rejected_one=st.booleans())
@@ -333,16 +390,19 @@ class CacheMachine(RuleBasedStateMachine):
         # the API rejected.
         pool = sorted(self.verdicts) if rejected_one and self.verdicts else self.issued
         self.provider.value = pool[pick % len(pool)]
+        self.write_source()
 
     @precondition(lambda self: not self.provider.fail)
     @rule()
     def fail_backend(self) -> None:
         self.provider.fail = True
+        self.write_source()  # a source that cannot be read (a file being replaced)
 
     @precondition(lambda self: bool(self.provider.fail))
     @rule()
     def recover_backend(self) -> None:
         self.provider.fail = False
+        self.write_source()
 
     @rule()
     def invalidate(self) -> None:
@@ -370,6 +430,12 @@ class CacheMachine(RuleBasedStateMachine):
             assert peeked is None
         else:
             assert peeked is not None and peeked.reveal() == self.entry.key
+
+    @invariant()
+    def the_hot_path_never_serves_past_expiry(self) -> None:
+        entry = self.cache._state.entry
+        if entry is not None:
+            assert entry.until <= entry.expires_at, "served past expiry without a decision"
 
     @invariant()
     def never_steps_back_from_a_key_the_api_accepts(self) -> None:
