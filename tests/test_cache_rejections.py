@@ -443,3 +443,17 @@ def test_the_environment_warning_says_a_running_process_never_sees_a_change(
     with caplog.at_level(logging.WARNING, logger="scaling_credentials.cache"):
         cache.refresh(rejected=key)
     assert "a running process never sees a changed environment variable" in caplog.text
+
+
+def test_an_explanation_that_raises_never_breaks_a_refresh(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Unexplained(MemoryProvider):
+        def explain_stuck(self, rejected: ApiKey) -> str:
+            raise RuntimeError("bug in a third-party provider")
+
+    cache = KeyCache(Unexplained(K1), ttl=3600, clock=FakeClock())
+    key = cache.get()
+    with caplog.at_level(logging.WARNING, logger="scaling_credentials.cache"):
+        assert cache.refresh(rejected=key) == key
+    assert "memory:memory still holds it" in caplog.text  # the default explanation

@@ -820,7 +820,10 @@ class KeyCache:
         if outcome == "skipped-backoff":
             cause = f"{self.describe()} is failing and resting (backoff)"
         else:
-            cause = self._provider.explain_stuck(key)
+            try:
+                cause = self._provider.explain_stuck(key)
+            except Exception:  # a third-party explanation must never break a request
+                cause = Provider.explain_stuck(self._provider, key)
             if outcome == "skipped-interval":
                 cause += (
                     f"; it is asked again at most every {self._policy.min_refresh_interval:g} "
