@@ -154,6 +154,10 @@ class ErrorBodyReader:
             elif encoding in ("br", "zstd"):
                 self.failed = True
 
+    def remaining(self) -> float:
+        """Seconds left before reading gives up (``ERROR_BODY_SECONDS`` in all)."""
+        return self._deadline - _clock()
+
     def feed(self, chunk: bytes) -> bool:
         """Take one raw chunk; False when reading should stop."""
         self.raw.append(chunk)
