@@ -192,10 +192,12 @@ def _note_redirect(response: ClientResponse, keyed: Origin | None) -> None:
 def _same_target(expected: URL, url: URL) -> bool:
     """Whether ``url`` is the hop to ``expected``: same origin and path (the query and
     its encoding may be rewritten on the way)."""
-    return same_origin(
-        (expected.scheme, expected.host or "", expected.port),
-        (url.scheme, url.host or "", url.port),
-    ) and (expected.path or "/") == (url.path or "/")
+    same_path = (expected.path or "/") == (url.path or "/")
+    return same_path and same_origin(_origin(expected), _origin(url))
+
+
+def _origin(url: URL) -> Origin:
+    return (url.scheme, url.host or "", url.port)
 
 
 # ---------------------------------------------------------------------- the 401 body
