@@ -223,10 +223,13 @@ def _read_error_body(r: requests.Response) -> bytes | None:
     reader = ErrorBodyReader(r.headers.get("content-encoding", "").split(","))
     if reader.failed:  # an encoding with no bounded decoder here: nothing is read
         return None
+    # read1 (urllib3 2) returns what has arrived, so that a dripping body meets the
+    # deadline between bytes; read (urllib3 1.26) waits for a whole chunk.
+    read = getattr(raw, "read1", None) or raw.read
     complete = False
     try:
         while True:
-            chunk = raw.read(_CHUNK, decode_content=False)
+            chunk = read(_CHUNK, decode_content=False)
             if not chunk:
                 complete = True
                 break
