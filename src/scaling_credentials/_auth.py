@@ -9,22 +9,19 @@ is left here reads httpx's types.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator, Iterable
-from datetime import timedelta
 
 import httpx
 
 from ._api import aread_error_body, parse_error_body, read_error_body
 from ._authcore import SCALING_HOST as SCALING_HOST
-from ._authcore import AllowedHosts, KeyAuthCore, check_url_parts, normalize_hosts, refuse_proxied
+from ._authcore import AllowedHosts, KeyAuthBase, check_url_parts, normalize_hosts, refuse_proxied
 from ._authcore import Decision as Decision
 from ._authcore import check_destination as _check_host
 from ._authcore import is_loopback as _is_loopback  # noqa: F401 (tests import it here)
 from ._authcore import logger as logger
 from ._authcore import retry_decision as retry_decision
-from ._cache import KeyCache
 from ._errors import ConfigurationError
 from ._key import ApiKey
-from ._provider import Provider
 
 __all__ = ["ScalingAuth", "is_key_rejection", "retry_decision"]
 
@@ -131,7 +128,7 @@ def _is_replayable(request: httpx.Request) -> bool:
 # ---------------------------------------------------------------------- the auth
 
 
-class ScalingAuth(httpx.Auth):
+class ScalingAuth(httpx.Auth, KeyAuthBase):
     """An :class:`httpx.Auth` for :class:`httpx.Client` and :class:`httpx.AsyncClient` that
     sends ``Authorization: Bearer <key>`` and, after a 401 ``invalid_api_key``, refreshes the
     key and sends the request once more.
@@ -152,25 +149,8 @@ class ScalingAuth(httpx.Auth):
     requires_request_body = False
     requires_response_body = False
 
-    def __init__(
-        self,
-        source: Provider | KeyCache | str | None = None,
-        *,
-        ttl: float | timedelta | None = None,
-        allowed_hosts: Iterable[str] | None = None,
-    ) -> None:
-        self._core = KeyAuthCore(source, ttl=ttl, allowed_hosts=allowed_hosts, owner="ScalingAuth")
-        self._cache = self._core.cache
-        self._checked = self._core.checked
-        self._direct: frozenset[str] = frozenset()
-
-    @property
-    def cache(self) -> KeyCache:
-        """The key cache this auth reads from."""
-        return self._cache
-
-    def __repr__(self) -> str:
-        return f"<ScalingAuth {self._cache.describe()}>"
+    # Hosts scaling_client() reaches with no proxy (see _reached_directly).
+    _direct: frozenset[str] = frozenset()
 
     # -- shared steps
 
@@ -182,7 +162,7 @@ class ScalingAuth(httpx.Auth):
     def _check(self, request: httpx.Request) -> None:
         url = request.url
         marker = (url.scheme, url.raw_host, url.port, url.userinfo)
-        if marker in self._checked:
+        if marker in self._core.checked:
             return
         self._core.check(marker, url.scheme, url.host, _url_parts(url), lambda: self._proxied(url))
 

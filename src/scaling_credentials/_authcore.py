@@ -34,6 +34,7 @@ __all__ = [
     "SCALING_HOST",
     "AllowedHosts",
     "Decision",
+    "KeyAuthBase",
     "KeyAuthCore",
     "check_destination",
     "check_url_parts",
@@ -345,6 +346,32 @@ class KeyAuthCore:
             self.cache.describe(),
             type(exc).__name__,
         )
+
+
+class KeyAuthBase:
+    """What every auth (httpx's, requests', aiohttp's) is built from: a source, a TTL and
+    allowed hosts, read through one :class:`KeyAuthCore`; it names itself in messages."""
+
+    def __init__(
+        self,
+        source: Provider | KeyCache | str | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+        allowed_hosts: Iterable[str] | None = None,
+    ) -> None:
+        self._core = KeyAuthCore(
+            source, ttl=ttl, allowed_hosts=allowed_hosts, owner=type(self).__name__
+        )
+        self._cache = self._core.cache
+
+    @property
+    def cache(self) -> KeyCache:
+        """The key cache this auth reads from (httpx, requests and aiohttp clients may
+        share one)."""
+        return self._cache
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._cache.describe()}>"
 
 
 def as_cache(

@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import warnings
-from collections.abc import Iterable
-from datetime import timedelta
 from typing import NamedTuple
 
 try:
@@ -29,17 +27,14 @@ try:
     from aiohttp.payload import BytesPayload
     from yarl import URL
 except ImportError as exc:  # pragma: no cover - exercised in a fresh interpreter
-    raise ImportError(
-        "scaling_credentials.integrations.aiohttp needs aiohttp: "
-        "pip install 'scaling-credentials[aiohttp]'"
-    ) from exc
+    from ._extras import missing
+
+    raise missing("aiohttp", extra="aiohttp") from exc
 
 from .._api import ErrorBodyReader, error_body_too_long
-from .._authcore import KeyAuthCore, refuse_proxied, same_origin
-from .._cache import KeyCache
+from .._authcore import KeyAuthBase, refuse_proxied, same_origin
 from .._errors import ConfigurationError
 from .._key import ApiKey
-from .._provider import Provider
 
 __all__ = ["ScalingMiddleware"]
 
@@ -62,44 +57,20 @@ _next_hop: contextvars.ContextVar[_Hop | None] = contextvars.ContextVar(
 )
 
 
-class ScalingMiddleware:
+class ScalingMiddleware(KeyAuthBase):
     """An aiohttp client middleware that sends ``Authorization: Bearer <key>`` and, after
     a 401 ``invalid_api_key``, refreshes the key and sends the request once more::
 
         aiohttp.ClientSession(middlewares=(ScalingMiddleware(),))
 
-    ``source``, ``ttl`` and ``allowed_hosts`` are :class:`~scaling_credentials.ScalingAuth`'s:
-    a :class:`~scaling_credentials.Provider` (cached for ``ttl`` seconds), a
-    :class:`~scaling_credentials.KeyCache` (which httpx, requests and aiohttp clients may
-    share), a source URI, or ``None`` for the environment. The key goes only to
-    ``api.scaling.cloud``, its subdomains, loopback hosts and ``allowed_hosts``, over https
-    (plain http to loopback only), else :class:`~scaling_credentials.ConfigurationError`
-    is raised before anything is sent; so it is for a plain-http request that would
-    travel through a proxy (``proxy=``, or the environment's with ``trust_env=True``).
-    The key never follows a redirect to another origin, and only a 401 from a server
-    that received the key counts as a rejection. Streaming and file bodies are never
-    resent (the key is still refreshed). The 401 that was retried is released, not kept.
+    Its arguments and promises are :class:`~scaling_credentials.ScalingAuth`'s. Among
+    them: what may not receive the key raises
+    :class:`~scaling_credentials.ConfigurationError` before a byte is sent, which here
+    includes plain http through any proxy (``proxy=``, or the environment's with
+    ``trust_env=True``); no redirect hop to another origin gets the key, nor counts as a
+    rejection; streaming and file bodies are not resent, though the key is refreshed. The
+    401 answer that was retried is released (aiohttp keeps no history of it).
     """
-
-    def __init__(
-        self,
-        source: Provider | KeyCache | str | None = None,
-        *,
-        ttl: float | timedelta | None = None,
-        allowed_hosts: Iterable[str] | None = None,
-    ) -> None:
-        self._core = KeyAuthCore(
-            source, ttl=ttl, allowed_hosts=allowed_hosts, owner="ScalingMiddleware"
-        )
-        self._cache = self._core.cache
-
-    @property
-    def cache(self) -> KeyCache:
-        """The key cache this middleware reads from."""
-        return self._cache
-
-    def __repr__(self) -> str:
-        return f"<ScalingMiddleware {self._cache.describe()}>"
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         url = request.url

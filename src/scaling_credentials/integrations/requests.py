@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Iterable
-from datetime import timedelta
 from http.cookiejar import CookieJar
 from typing import Any, cast
 from urllib.parse import urljoin, urlsplit
@@ -26,63 +24,38 @@ try:
     from requests.cookies import extract_cookies_to_jar
     from requests.utils import get_environ_proxies, select_proxy
 except ImportError as exc:  # pragma: no cover - exercised in a fresh interpreter
-    raise ImportError(
-        "scaling_credentials.integrations.requests needs requests: "
-        "pip install 'scaling-credentials[requests]'"
-    ) from exc
+    from ._extras import missing
+
+    raise missing("requests", extra="requests") from exc
 
 from .._api import ErrorBodyReader, error_body_too_long
-from .._authcore import KeyAuthCore, refuse_proxied, same_origin
-from .._cache import KeyCache
+from .._authcore import KeyAuthBase, refuse_proxied, same_origin
 from .._errors import ConfigurationError
 from .._key import ApiKey
-from .._provider import Provider
 
 __all__ = ["ScalingRequestsAuth"]
 
 _CHUNK = 16 * 1024
 
 
-class ScalingRequestsAuth(AuthBase):
+class ScalingRequestsAuth(AuthBase, KeyAuthBase):
     """Sends ``Authorization: Bearer <key>`` on requests made through a
     :class:`requests.Session` (``session.auth = ScalingRequestsAuth()``) or a single call
     (``requests.get(url, auth=...)``); after a 401 ``invalid_api_key``, refreshes the key
     and sends the request once more, returning the second answer (the first is in its
     ``history``).
 
-    ``source``, ``ttl`` and ``allowed_hosts`` are :class:`~scaling_credentials.ScalingAuth`'s:
-    a :class:`~scaling_credentials.Provider` (cached for ``ttl`` seconds), a
-    :class:`~scaling_credentials.KeyCache` (which httpx, requests and aiohttp clients may
-    share), a source URI, or ``None`` for the environment. The key goes only to
-    ``api.scaling.cloud``, its subdomains, loopback hosts and ``allowed_hosts``, over https
-    (plain http to loopback only), else :class:`~scaling_credentials.ConfigurationError`
-    is raised before anything is sent; so it is for a plain-http request that the
-    environment's proxy settings (``HTTP_PROXY``, ``ALL_PROXY``, not lifted by
-    ``NO_PROXY``) would send through a proxy. The header never follows a redirect to
-    another origin (scheme, host or port), and only a 401 from a server that received the
-    key counts as a rejection. Generator and file bodies are never resent (the key is
-    still refreshed).
+    Built like :class:`~scaling_credentials.ScalingAuth` (a provider, a
+    :class:`~scaling_credentials.KeyCache` that httpx, requests and aiohttp clients may
+    share, a source URI or ``None`` for the environment; ``ttl``; ``allowed_hosts``), it
+    keeps the same promises. Destinations are refused with
+    :class:`~scaling_credentials.ConfigurationError` before anything is sent, and so is
+    plain http that requests would send through the environment's proxy (``HTTP_PROXY``,
+    ``ALL_PROXY``, not lifted by ``NO_PROXY``). The header never follows a redirect to
+    another scheme, host or port (requests itself keeps it on a change of scheme or
+    port), and a 401 from where the key did not go is no rejection. Generator and file
+    bodies are never resent (the key is still refreshed).
     """
-
-    def __init__(
-        self,
-        source: Provider | KeyCache | str | None = None,
-        *,
-        ttl: float | timedelta | None = None,
-        allowed_hosts: Iterable[str] | None = None,
-    ) -> None:
-        self._core = KeyAuthCore(
-            source, ttl=ttl, allowed_hosts=allowed_hosts, owner="ScalingRequestsAuth"
-        )
-        self._cache = self._core.cache
-
-    @property
-    def cache(self) -> KeyCache:
-        """The key cache this auth reads from."""
-        return self._cache
-
-    def __repr__(self) -> str:
-        return f"<ScalingRequestsAuth {self._cache.describe()}>"
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         url = r.url or ""
