@@ -74,30 +74,29 @@ class ScalingMiddleware(KeyAuthBase):
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         url = request.url
-        origin = _origin(url)
         hop = _next_hop.get()
         if hop is not None:
             _next_hop.set(None)
             if _same_target(hop.target, url) and (
-                hop.keyed is None or not same_origin(hop.keyed, origin)
+                hop.keyed is None or not same_origin(hop.keyed, _origin(url))
             ):
                 # A redirect hop to another origin: no key, nothing checked or read.
                 response = await handler(request)
                 _note_redirect(response, None)
                 return response
-        self._check(request, url, origin)
+        marker = (url.scheme, url.raw_authority)
+        if marker not in self._core.checked:
+            self._check(request, url, marker)
         key = self._cache._fresh() or await self._cache.aget()
         request.headers[hdrs.AUTHORIZATION] = self._core.bearer(key)
         response = await handler(request)
         if response.status == 401:
             response = await self._after_401(request, handler, response, key)
-        _note_redirect(response, origin)
+        if response.status in _REDIRECTS:
+            _note_redirect(response, _origin(url))
         return response
 
-    def _check(self, request: ClientRequest, url: URL, origin: Origin) -> None:
-        marker = (origin, url.raw_user, url.raw_password)
-        if marker in self._core.checked:
-            return
+    def _check(self, request: ClientRequest, url: URL, marker: tuple[str, str]) -> None:
         self._core.check(
             marker,
             url.scheme,
@@ -144,8 +143,10 @@ def _proxied(request: ClientRequest) -> ConfigurationError | None:
 def _note_redirect(response: ClientResponse, keyed: Origin | None) -> None:
     """Remember where aiohttp goes next when ``response`` is a redirect it may follow,
     resolving ``Location`` as aiohttp does."""
+    if response.status not in _REDIRECTS:
+        return
     location = response.headers.get(hdrs.LOCATION) or response.headers.get(hdrs.URI)
-    if response.status not in _REDIRECTS or location is None:
+    if location is None:
         return
     try:
         target = URL(location)
