@@ -58,7 +58,7 @@ class PrototypeAuth(ScalingAuth):
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
         url = request.url
-        if (url.scheme, url.host) not in self._checked:
+        if (url.scheme, url.raw_host, url.port, url.userinfo) not in self._core.checked:
             self._check(request)
         cache = self._cache
         hot = cache._state.entry
@@ -67,9 +67,10 @@ class PrototypeAuth(ScalingAuth):
             key = hot.key
         else:
             key = cache.get()
-        header = self._header
+        core = self._core
+        header = core._header
         if header is None or header[0] is not key:
-            header = self._header = (key, "Bearer " + key.reveal())
+            header = core._header = (key, "Bearer " + key.reveal())
         request.headers["Authorization"] = header[1]
         response = yield request
         if response.status_code == 401:
@@ -90,7 +91,7 @@ class PrototypeAuth(ScalingAuth):
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         url = request.url
-        if (url.scheme, url.host) not in self._checked:
+        if (url.scheme, url.raw_host, url.port, url.userinfo) not in self._core.checked:
             self._check(request)
         cache = self._cache
         hot = cache._state.entry
@@ -99,9 +100,10 @@ class PrototypeAuth(ScalingAuth):
             key = hot.key
         else:
             key = await cache.aget()
-        header = self._header
+        core = self._core
+        header = core._header
         if header is None or header[0] is not key:
-            header = self._header = (key, "Bearer " + key.reveal())
+            header = core._header = (key, "Bearer " + key.reveal())
         request.headers["Authorization"] = header[1]
         response = yield request
         if response.status_code != 401:
