@@ -13,8 +13,15 @@ from collections.abc import AsyncGenerator, Generator, Iterable
 import httpx
 
 from ._api import aread_error_body, parse_error_body, read_error_body
+from ._authcore import (
+    ENVIRONMENT_PROXY,
+    AllowedHosts,
+    KeyAuthBase,
+    check_url_parts,
+    normalize_hosts,
+    refuse_proxied,
+)
 from ._authcore import SCALING_HOST as SCALING_HOST
-from ._authcore import AllowedHosts, KeyAuthBase, check_url_parts, normalize_hosts, refuse_proxied
 from ._authcore import Decision as Decision
 from ._authcore import check_destination as _check_host
 from ._authcore import is_loopback as _is_loopback  # noqa: F401 (tests import it here)
@@ -62,15 +69,12 @@ def _environment_proxy_applies(url: httpx.URL) -> bool:
     return False
 
 
-_ENVIRONMENT_PROXY = "the proxy the environment sets (HTTP_PROXY or ALL_PROXY)"
-
-
 def _proxy_refusal(url: httpx.URL) -> ConfigurationError:
     host = url.host.lower()
     return refuse_proxied(
         url.scheme,
         url.host,
-        proxy=_ENVIRONMENT_PROXY,
+        proxy=ENVIRONMENT_PROXY,
         fix=f"Add {host} to NO_PROXY, use https://, or build the client with "
         "scaling_client(), which reaches loopback hosts directly",
     )

@@ -31,6 +31,7 @@ from ._provider import Provider
 from ._redact import get_logger, looks_like_key
 
 __all__ = [
+    "ENVIRONMENT_PROXY",
     "SCALING_HOST",
     "AllowedHosts",
     "Decision",
@@ -146,6 +147,10 @@ def check_url_parts(*parts: str) -> None:
                 "refusing to send a request whose URL holds an API key (scl_live_...): the "
                 "key travels only in the Authorization header; check the base URL and the path"
             )
+
+
+#: How a refusal names a proxy read from the environment.
+ENVIRONMENT_PROXY = "the proxy the environment sets (HTTP_PROXY or ALL_PROXY)"
 
 
 def refuse_proxied(scheme: str, host: str, *, proxy: str, fix: str) -> ConfigurationError:

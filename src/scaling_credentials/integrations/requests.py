@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a fresh interprete
     raise missing("requests", extra="requests") from exc
 
 from .._api import ErrorBodyReader, error_body_too_long
-from .._authcore import KeyAuthBase, refuse_proxied, same_origin
+from .._authcore import ENVIRONMENT_PROXY, KeyAuthBase, refuse_proxied, same_origin
 from .._errors import ConfigurationError
 from .._key import ApiKey
 
@@ -119,7 +119,7 @@ def _proxied(url: str, host: str) -> ConfigurationError | None:
     return refuse_proxied(
         urlsplit(url).scheme,
         host,
-        proxy="the proxy the environment sets (HTTP_PROXY or ALL_PROXY)",
+        proxy=ENVIRONMENT_PROXY,
         fix=f"Add {host.lower()} to NO_PROXY or use https://",
     )
 
