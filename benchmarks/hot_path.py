@@ -22,7 +22,16 @@ import timeit
 from collections.abc import AsyncGenerator, Callable, Generator
 
 import httpx
-from _common import Interleaved, Summary, interleave, machine_lines, parser, report, table
+from _common import (
+    Interleaved,
+    Summary,
+    interleave,
+    loop_timer,
+    machine_lines,
+    parser,
+    report,
+    table,
+)
 
 from scaling_credentials import ApiKey, FileProvider, KeyCache, ScalingAuth
 from scaling_credentials.testing import MemoryProvider
@@ -150,19 +159,9 @@ def sync_variants() -> tuple[dict[str, Callable[[int], float]], list[httpx.Clien
         "prototype": httpx.Client(transport=transport, auth=warm_auth(PrototypeAuth)),
     }
 
-    def runner(client: httpx.Client) -> Callable[[int], float]:
-        def run(n: int) -> float:
-            get = client.get
-            start = time.perf_counter()
-            for _ in range(n):
-                get(URL)
-            return time.perf_counter() - start
-
-        return run
-
     for client in clients.values():
         assert client.get(URL).status_code == 200
-    return {name: runner(c) for name, c in clients.items()}, list(clients.values())
+    return {name: loop_timer(c.get, URL) for name, c in clients.items()}, list(clients.values())
 
 
 def async_variants(

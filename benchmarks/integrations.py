@@ -21,10 +21,10 @@ import timeit
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import _common as bench
 import aiohttp
 import requests
 import urllib3
-from _common import Interleaved, interleave, machine_lines, parser, report, table
 from aiohttp import web
 from requests.adapters import HTTPAdapter
 
@@ -85,19 +85,11 @@ def requests_variants() -> tuple[dict[str, Callable[[int], float]], list[request
         "ScalingRequestsAuth": session(ScalingRequestsAuth(warm_cache())),
     }
 
-    def runner(s: requests.Session) -> Callable[[int], float]:
-        def run(n: int) -> float:
-            get = s.get
-            start = time.perf_counter()
-            for _ in range(n):
-                get(URL)
-            return time.perf_counter() - start
-
-        return run
-
     for s in sessions.values():
         assert s.get(URL).status_code == 200
-    return {name: runner(s) for name, s in sessions.items()}, list(sessions.values())
+    return {name: bench.loop_timer(s.get, URL) for name, s in sessions.items()}, list(
+        sessions.values()
+    )
 
 
 def requests_auth_cost(number: int) -> list[tuple[str, float]]:
@@ -125,11 +117,7 @@ def requests_auth_cost(number: int) -> list[tuple[str, float]]:
 
         return run
 
-    runs = {name: run_of(auth) for name, auth in auths.items()}
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(15):
-        for name, run in runs.items():
-            best[name] = min(best[name], run() / number)
+    best = bench.best_per_call({name: run_of(auth) for name, auth in auths.items()}, number)
     floor = min(timeit.repeat(lambda: None, number=number, repeat=5)) / number
     return [("empty call (timing floor)", floor * 1e9)] + [
         (name, seconds * 1e9) for name, seconds in best.items()
@@ -230,11 +218,7 @@ def middleware_cost(number: int) -> list[tuple[str, float]]:
 
         return lambda: loop.run_until_complete(many())
 
-    runs = {name: run_of(m) for name, m in middlewares.items()}
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(15):
-        for name, run in runs.items():
-            best[name] = min(best[name], run() / number)
+    best = bench.best_per_call({name: run_of(m) for name, m in middlewares.items()}, number)
     loop.close()
     return [(name, seconds * 1e9) for name, seconds in best.items()]
 
@@ -243,18 +227,18 @@ def middleware_cost(number: int) -> list[tuple[str, float]]:
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0])
+    p = bench.parser(__doc__.splitlines()[0])
     args = p.parse_args()
     rounds, n = (8, 100) if args.quick else (60, 250)
 
     sync, sessions = requests_variants()
-    requests_result = interleave(sync, rounds=rounds, n=n)
+    requests_result = bench.interleave(sync, rounds=rounds, n=n)
     for s in sessions:
         s.close()
 
     loop = asyncio.new_event_loop()
     asyncs, clients, runner = loop.run_until_complete(aiohttp_variants())
-    aiohttp_result = interleave(
+    aiohttp_result = bench.interleave(
         {name: (lambda k, f=f: loop.run_until_complete(f(k))) for name, f in asyncs.items()},
         rounds=rounds,
         n=n,
@@ -264,8 +248,8 @@ def main() -> None:
     loop.run_until_complete(runner.cleanup())
     loop.close()
 
-    costs = requests_auth_cost(5_000 if args.quick else 20_000)
-    middleware_costs = middleware_cost(5_000 if args.quick else 20_000)
+    by_hand = 5_000 if args.quick else 20_000  # calls per repeat
+    costs, middleware_costs = requests_auth_cost(by_hand), middleware_cost(by_hand)
     lines = [
         "`benchmarks/integrations.py`: requests through `ScalingRequestsAuth` (requests) and "
         "`ScalingMiddleware` (aiohttp) with a warm cache vs. a static `Authorization` "
@@ -277,7 +261,7 @@ def main() -> None:
         "per variant; ratios are per round, between variants that ran back to back. "
         "Target: integration / static header <= 1.02.",
         "",
-        *machine_lines(("scaling-credentials", "requests", "urllib3", "aiohttp")),
+        *bench.machine_lines(("scaling-credentials", "requests", "urllib3", "aiohttp")),
         "",
         "**requests (`requests.Session`, local adapter)**",
         "",
@@ -295,19 +279,21 @@ def main() -> None:
         "Each requests auth alone, driven by hand (`auth(prepared)`, then the response "
         "hooks on a 200 as a session runs them; best of 15, ns per request):",
         "",
-        *table(["auth", "ns per request"], [(name, f"{ns:.0f}") for name, ns in costs]),
+        *bench.table(["auth", "ns per request"], [(name, f"{ns:.0f}") for name, ns in costs]),
         "",
         "Each aiohttp middleware alone, awaited by hand with a handler that answers 200 at "
         "once (best of 15, ns per request):",
         "",
-        *table(["middleware", "ns per request"], [(n, f"{ns:.0f}") for n, ns in middleware_costs]),
+        *bench.table(
+            ["middleware", "ns per request"], [(n, f"{ns:.0f}") for n, ns in middleware_costs]
+        ),
         "",
         *reading(requests_result, aiohttp_result, costs, dict(middleware_costs)),
     ]
-    report(args, "Integrations: requests and aiohttp", lines)
+    bench.report(args, "Integrations: requests and aiohttp", lines)
 
 
-def _rows(result: Interleaved, minimal: str) -> list[str]:
+def _rows(result: bench.Interleaved, minimal: str) -> list[str]:
     rows = []
     for name in result.names:
         rows.append(
@@ -318,7 +304,7 @@ def _rows(result: Interleaved, minimal: str) -> list[str]:
                 result.ratio(name, minimal).fmt(1, 3),
             )
         )
-    return table(
+    return bench.table(
         [
             "variant",
             "us per request (min / median / max)",
@@ -339,7 +325,10 @@ def verdict(requests_ratio: float, aiohttp_ratio: float) -> str:
 
 
 def reading(
-    sync: Interleaved, asyncs: Interleaved, costs: list[tuple[str, float]], mw: dict[str, float]
+    sync: bench.Interleaved,
+    asyncs: bench.Interleaved,
+    costs: list[tuple[str, float]],
+    mw: dict[str, float],
 ) -> list[str]:
     cost = dict(costs)
     request_ns = sync.summary("static header").median * 1e9
