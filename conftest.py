@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import os
 import sys
+import tracemalloc
 from collections.abc import Callable, Iterator, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -97,3 +98,25 @@ def rotate_under_load(
         return run_rotation_threads(api, auth, rotation, threads=4, rotations=3), outputs
 
     return run
+
+
+# ---------------------------------------------------------------------- hostile answers
+
+
+def _traced(action: Callable[[], Any]) -> tuple[Any, int]:
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        result = action()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return result, peak - before
+
+
+@pytest.fixture
+def traced() -> Callable[[Callable[[], Any]], tuple[Any, int]]:
+    """``traced(action)``: ``action()`` and the peak of memory it allocated
+    (tracemalloc), in bytes; for what a hostile answer may cost a client."""
+    return _traced

@@ -195,6 +195,31 @@ def interleave(
     return result
 
 
+def loop_timer(call: Callable[[str], object], arg: str) -> Callable[[int], float]:
+    """``run(n)``: the seconds that ``n`` calls of ``call(arg)``, back to back, take (a
+    variant for :func:`interleave`)."""
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            call(arg)
+        return time.perf_counter() - start
+
+    return run
+
+
+def best_per_call(
+    runs: dict[str, Callable[[], float]], number: int, repeats: int = 15
+) -> dict[str, float]:
+    """The best seconds per call of each ``runs[name]()`` (which times ``number`` calls),
+    over ``repeats`` rounds that run every variant in turn."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = min(best[name], run() / number)
+    return best
+
+
 # ---------------------------------------------------------------------- docs/performance.md
 
 

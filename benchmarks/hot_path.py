@@ -22,7 +22,16 @@ import timeit
 from collections.abc import AsyncGenerator, Callable, Generator
 
 import httpx
-from _common import Interleaved, Summary, interleave, machine_lines, parser, report, table
+from _common import (
+    Interleaved,
+    Summary,
+    interleave,
+    loop_timer,
+    machine_lines,
+    parser,
+    report,
+    table,
+)
 
 from scaling_credentials import ApiKey, FileProvider, KeyCache, ScalingAuth
 from scaling_credentials.testing import MemoryProvider
@@ -58,7 +67,7 @@ class PrototypeAuth(ScalingAuth):
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
         url = request.url
-        if (url.scheme, url.host) not in self._checked:
+        if (url.scheme, url.raw_host, url.port, url.userinfo) not in self._core.checked:
             self._check(request)
         cache = self._cache
         hot = cache._state.entry
@@ -67,9 +76,10 @@ class PrototypeAuth(ScalingAuth):
             key = hot.key
         else:
             key = cache.get()
-        header = self._header
+        core = self._core
+        header = core._header
         if header is None or header[0] is not key:
-            header = self._header = (key, "Bearer " + key.reveal())
+            header = core._header = (key, "Bearer " + key.reveal())
         request.headers["Authorization"] = header[1]
         response = yield request
         if response.status_code == 401:
@@ -90,7 +100,7 @@ class PrototypeAuth(ScalingAuth):
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         url = request.url
-        if (url.scheme, url.host) not in self._checked:
+        if (url.scheme, url.raw_host, url.port, url.userinfo) not in self._core.checked:
             self._check(request)
         cache = self._cache
         hot = cache._state.entry
@@ -99,9 +109,10 @@ class PrototypeAuth(ScalingAuth):
             key = hot.key
         else:
             key = await cache.aget()
-        header = self._header
+        core = self._core
+        header = core._header
         if header is None or header[0] is not key:
-            header = self._header = (key, "Bearer " + key.reveal())
+            header = core._header = (key, "Bearer " + key.reveal())
         request.headers["Authorization"] = header[1]
         response = yield request
         if response.status_code != 401:
@@ -148,19 +159,9 @@ def sync_variants() -> tuple[dict[str, Callable[[int], float]], list[httpx.Clien
         "prototype": httpx.Client(transport=transport, auth=warm_auth(PrototypeAuth)),
     }
 
-    def runner(client: httpx.Client) -> Callable[[int], float]:
-        def run(n: int) -> float:
-            get = client.get
-            start = time.perf_counter()
-            for _ in range(n):
-                get(URL)
-            return time.perf_counter() - start
-
-        return run
-
     for client in clients.values():
         assert client.get(URL).status_code == 200
-    return {name: runner(c) for name, c in clients.items()}, list(clients.values())
+    return {name: loop_timer(c.get, URL) for name, c in clients.items()}, list(clients.values())
 
 
 def async_variants(

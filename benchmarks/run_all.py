@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 BENCHMARKS = (
     "hot_path",
+    "integrations",
     "pickup",
     "cached_read",
     "stampede",

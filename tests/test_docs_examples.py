@@ -53,6 +53,8 @@ DOCUMENTS = sorted(
 # Where signature blocks look names up (public names only).
 PUBLIC_MODULES = (
     "scaling_credentials",
+    "scaling_credentials.integrations.aiohttp",
+    "scaling_credentials.integrations.requests",
     "scaling_credentials.testing",
     "scaling_credentials_aws",
     "scaling_credentials_vault",

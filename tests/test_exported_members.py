@@ -9,7 +9,9 @@ from types import ModuleType
 import pytest
 
 import scaling_credentials
+import scaling_credentials.integrations.aiohttp
 import scaling_credentials.integrations.opentelemetry
+import scaling_credentials.integrations.requests
 import scaling_credentials.testing
 import scaling_credentials.testing.provider_suite
 import scaling_credentials.toolkit
@@ -42,6 +44,8 @@ CORE = [
 ]
 
 TESTING = [
+    "AsyncClientFactory",
+    "ClientFactory",
     "DemoOptions",
     "DemoReport",
     "FakeClock",
@@ -74,6 +78,9 @@ PROVIDER_SUITE = [
     "error_texts",
 ]
 
+INTEGRATION_REQUESTS = ["ScalingRequestsAuth"]
+INTEGRATION_AIOHTTP = ["ScalingMiddleware"]
+
 TOOLKIT = [
     "KEY_PREFIX",
     "MAX_FILE_SIZE",
@@ -105,6 +112,8 @@ MODULES = [
     (scaling_credentials.testing.provider_suite, PROVIDER_SUITE),
     (scaling_credentials.toolkit, TOOLKIT),
     (scaling_credentials.integrations.opentelemetry, OPENTELEMETRY),
+    (scaling_credentials.integrations.requests, INTEGRATION_REQUESTS),
+    (scaling_credentials.integrations.aiohttp, INTEGRATION_AIOHTTP),
 ]
 
 

@@ -15,9 +15,8 @@ import asyncio
 import gzip
 import json
 import threading
-import tracemalloc
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -42,7 +41,8 @@ from scaling_credentials.testing import (
 )
 from scaling_credentials.testing.provider_suite import assert_no_secret
 
-T = TypeVar("T")
+Traced = Callable[[Callable[[], Any]], tuple[Any, int]]  # the traced fixture
+Traced = Callable[[Callable[[], Any]], tuple[Any, int]]  # the fixture
 KEY = "scl_live_HOSTILEkey0123456789abcdefXYZ"
 TOKEN = KEY.removeprefix("scl_live_")
 PROXY_VARIABLES = (
@@ -171,19 +171,6 @@ HOSTILE_401S = {
 }
 
 
-def traced(action: Callable[[], T]) -> tuple[T, int]:
-    """``action()`` and the peak of memory it allocated (tracemalloc), in bytes."""
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        before = tracemalloc.get_traced_memory()[0]
-        result = action()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return result, peak - before
-
-
 @pytest.fixture
 def origin(hostile_server: HostileServer) -> HostileServer:
     """The hostile server, as the origin a client's base URL points at."""
@@ -192,7 +179,7 @@ def origin(hostile_server: HostileServer) -> HostileServer:
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_401S))
 def test_scaling_client_reads_at_most_64_kib_of_a_hostile_401(
-    origin: HostileServer, case: str
+    origin: HostileServer, case: str, traced: Traced
 ) -> None:
     origin.route("/v1/oncall/schedules", HOSTILE_401S[case]())
     provider = MemoryProvider(KEY)
@@ -212,7 +199,7 @@ def test_scaling_client_reads_at_most_64_kib_of_a_hostile_401(
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_401S))
 def test_async_scaling_client_reads_at_most_64_kib_of_a_hostile_401(
-    origin: HostileServer, case: str
+    origin: HostileServer, case: str, traced: Traced
 ) -> None:
     origin.route("/v1/oncall/schedules", HOSTILE_401S[case]())
     provider = MemoryProvider(KEY)
@@ -231,7 +218,7 @@ def test_async_scaling_client_reads_at_most_64_kib_of_a_hostile_401(
 
 
 def test_a_hostile_401_from_a_redirect_target_is_capped_too(
-    api: FakeScalingAPI, hostile_server: HostileServer
+    api: FakeScalingAPI, hostile_server: HostileServer, traced: Traced
 ) -> None:
     hostile_server.route("/bomb", HostileServer.gzip_bomb(size=BOMB))
     api.script(ScriptedResponse(307, b"", headers=(("Location", hostile_server.url + "/bomb"),)))
@@ -341,6 +328,7 @@ def test_cli_check_reads_at_most_64_kib_of_a_hostile_answer(
     capsys: pytest.CaptureFixture[str],
     status: int,
     expected: int,
+    traced: Traced,
 ) -> None:
     origin.route("/v1/oncall/schedules", HostileServer.gzip_bomb(status, size=BOMB))
     (code, out, _), peak = traced(lambda: run_check(origin, monkeypatch, capsys))
@@ -377,7 +365,7 @@ def test_cli_check_is_bounded_by_its_timeout_against_a_drip(
 
 @pytest.mark.parametrize("follow", [True, False])
 def test_a_redirect_to_a_second_origin_gets_no_key_and_its_401_is_no_rejection(
-    hostile_server: HostileServer, follow: bool
+    hostile_server: HostileServer, follow: bool, traced: Traced
 ) -> None:
     # The second origin answers like the API rejecting a key, with a bomb for a body
     # too: it never received the key, so its 401 is returned untouched, unread.
@@ -506,7 +494,9 @@ def test_extension_redirect_is_not_followed_and_the_token_goes_nowhere_else(
 
 @CAPPED_READ
 @pytest.mark.parametrize("case", ["huge-200", "bomb-200", "bomb-400"])
-def test_extension_capped_read_costs_no_memory(extension: Callable[..., object], case: str) -> None:
+def test_extension_capped_read_costs_no_memory(
+    extension: Callable[..., object], case: str, traced: Traced
+) -> None:
     provider = extension(extension_answers()[case]())
     _, peak = traced(lambda: fetch_error(provider))
     assert peak < MEMORY_BUDGET, f"the fetch allocated {peak / MIB:.1f} MiB"

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 HEAVY = [
     "boto3",
     "botocore",
@@ -84,3 +86,17 @@ def test_the_integrations_package_imports_no_third_party_library() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(("module", "library"), [("requests", "requests"), ("aiohttp", "aiohttp")])
+def test_an_integration_without_its_library_names_the_extra(module: str, library: str) -> None:
+    code = (
+        f"import sys; sys.modules[{library!r}] = None\n"
+        "try:\n"
+        f"    import scaling_credentials.integrations.{module}\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"pip install 'scaling-credentials[{module}]'" in proc.stdout

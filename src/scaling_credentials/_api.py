@@ -6,7 +6,7 @@ import json
 import os
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import httpx
@@ -18,6 +18,7 @@ from ._version import __version__
 __all__ = [
     "DEFAULT_BASE_URL",
     "ErrorBody",
+    "ErrorBodyReader",
     "aread_error_body",
     "async_scaling_client",
     "parse_error_body",
@@ -73,12 +74,19 @@ ERROR_BODY_SECONDS = 5.0
 _clock: Callable[[], float] = time.monotonic
 
 
-def _length(response: httpx.Response) -> int | None:
+def _length(length: str | None) -> int | None:
     """Content-Length as an int; -1 when it is malformed; None when absent."""
-    length = response.headers.get("content-length")
     if length is None:
         return None
+    length = length.strip()
     return int(length) if length.isdigit() else -1
+
+
+def error_body_too_long(content_length: str | None) -> bool:
+    """Whether a ``Content-Length`` header says, before any read, that the body is not
+    the API's error JSON: longer than ``MAX_ERROR_BODY``, or not a length at all."""
+    length = _length(content_length)
+    return length is not None and not 0 <= length <= MAX_ERROR_BODY
 
 
 class _Inflate:
@@ -114,14 +122,18 @@ class _Inflate:
         return None if self.room <= 0 else out
 
 
-class _ErrorBody:
+class ErrorBodyReader:
     """What one error answer's body decodes to, fed raw chunk by chunk: the one schedule
-    :func:`read_error_body` and :func:`aread_error_body` share. It stops (``feed``
+    every client's error-body read shares (httpx's :func:`read_error_body` and
+    :func:`aread_error_body`, the requests and aiohttp integrations). It stops (``feed``
     returns False) once the raw or the decoded body passes ``MAX_ERROR_BODY``, when
     ``ERROR_BODY_SECONDS`` have passed, or on an encoding it cannot decode within
-    bounds; :meth:`result` is then ``None``."""
+    bounds; :meth:`result` is then ``None``.
 
-    def __init__(self, response: httpx.Response) -> None:
+    ``encodings`` are the ``Content-Encoding`` values still to undo, in the order the
+    header lists them (commas allowed): empty when the HTTP library decoded the body."""
+
+    def __init__(self, encodings: Iterable[str] = ()) -> None:
         self.raw: list[bytes] = []
         self._raw_size = 0
         self._decoded: list[bytes] = []
@@ -132,12 +144,19 @@ class _ErrorBody:
         # Content-Encoding lists encodings in the order applied: undo them in reverse.
         # httpx ignores encodings it does not know, so do we; br and zstd have no
         # bounded decoder here, so such a body is not taken for the documented JSON.
-        for value in reversed(response.headers.get_list("content-encoding", split_commas=True)):
+        listed = [part for value in encodings for part in value.split(",")]
+        for value in reversed(listed):
             encoding = value.strip().lower()
+            if not encoding:
+                continue
             if encoding in ("gzip", "deflate"):
                 self._layers.append(_Inflate(encoding))
             elif encoding in ("br", "zstd"):
                 self.failed = True
+
+    def remaining(self) -> float:
+        """Seconds left before reading gives up (``ERROR_BODY_SECONDS`` in all)."""
+        return self._deadline - _clock()
 
     def feed(self, chunk: bytes) -> bool:
         """Take one raw chunk; False when reading should stop."""
@@ -207,8 +226,7 @@ def _without_reading(response: httpx.Response) -> tuple[bool, bytes | None]:
     """``(True, body)`` when the answer is known without reading: ``None`` for a
     ``Content-Length`` over the cap or one that cannot be trusted, or the body already
     read (``None`` if over the cap). ``(False, None)`` when the body must be read."""
-    length = _length(response)
-    if length is not None and not 0 <= length <= MAX_ERROR_BODY:
+    if error_body_too_long(response.headers.get("content-length")):
         return True, None
     try:
         content = response.content
@@ -237,7 +255,7 @@ def read_error_body(response: httpx.Response) -> bytes | None:
     stream = response.stream
     if not isinstance(stream, httpx.SyncByteStream):
         raise RuntimeError("an async response: use aread_error_body")
-    body = _ErrorBody(response)
+    body = ErrorBodyReader(response.headers.get_list("content-encoding"))
     rest = iter(stream)
     for chunk in rest:
         if not body.feed(chunk):
@@ -255,7 +273,7 @@ async def aread_error_body(response: httpx.Response) -> bytes | None:
     stream = response.stream
     if not isinstance(stream, httpx.AsyncByteStream):
         raise RuntimeError("a sync response: use read_error_body")
-    body = _ErrorBody(response)
+    body = ErrorBodyReader(response.headers.get_list("content-encoding"))
     rest = stream.__aiter__()
     async for chunk in rest:
         if not body.feed(chunk):
@@ -354,14 +372,14 @@ _DIRECT_HOSTS = ("localhost", "127.0.0.1", "::1")
 def _direct_mounts(base_url: str, mounts: Any) -> tuple[dict[str, Any], set[str]]:
     """httpx mounts sending loopback hosts (the base URL's, if loopback) to no proxy,
     with the caller's own ``mounts`` on top; and the hosts left so."""
-    from ._auth import _is_loopback
+    from ._authcore import is_loopback
 
     hosts = set(_DIRECT_HOSTS)
     try:
         host = httpx.URL(base_url).host
     except (httpx.InvalidURL, TypeError):
         host = ""
-    if host and _is_loopback(host):
+    if host and is_loopback(host):
         hosts.add(host)
     ours = {f"all://[{h}]" if ":" in h else f"all://{h}": h for h in hosts}
     given = dict(mounts or {})

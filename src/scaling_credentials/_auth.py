@@ -1,77 +1,44 @@
 """ScalingAuth: an httpx.Auth that sends the key and picks up a rotated one.
 
 The decisions (may the key go to this URL? is this 401 a rejected key? retry with which
-key?) live in plain functions that both the sync and the async driver call, so the two
-paths cannot drift apart.
+key?) live in :mod:`._authcore`, which the sync and the async driver here, and the
+requests and aiohttp integrations, all call, so that no two paths can drift apart. What
+is left here reads httpx's types.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import logging
 from collections.abc import AsyncGenerator, Generator, Iterable
-from datetime import timedelta
-from typing import Literal
 
 import httpx
 
 from ._api import aread_error_body, parse_error_body, read_error_body
-from ._cache import KeyCache, RefreshOutcome
-from ._errors import ConfigurationError, ScalingCredentialsError
+from ._authcore import (
+    ENVIRONMENT_PROXY,
+    AllowedHosts,
+    KeyAuthBase,
+    check_url_parts,
+    normalize_hosts,
+    refuse_proxied,
+)
+from ._authcore import SCALING_HOST as SCALING_HOST
+from ._authcore import Decision as Decision
+from ._authcore import check_destination as _check_host
+from ._authcore import is_loopback as _is_loopback  # noqa: F401 (tests import it here)
+from ._authcore import logger as logger
+from ._authcore import retry_decision as retry_decision
+from ._errors import ConfigurationError
 from ._key import ApiKey
-from ._provider import Provider
-from ._redact import get_logger, looks_like_key
 
 __all__ = ["ScalingAuth", "is_key_rejection", "retry_decision"]
 
-logger: logging.Logger = get_logger("scaling_credentials.auth")
-
-SCALING_HOST = "api.scaling.cloud"
-
 
 # ---------------------------------------------------------------------- plain decisions
-
-
-def _is_loopback(host: str) -> bool:
-    """Whether ``host`` surely names this machine: ``localhost`` (any case) or a loopback
-    IP literal (``127.0.0.0/8``, ``::1`` in any spelling, IPv4-mapped ``::ffff:127.x``).
-    ``localhost.`` and other names are not: a fully qualified name is resolved through
-    DNS, which may answer with any address."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+# httpx's types in, the shared core's decisions out.
 
 
 def _normalize_hosts(hosts: Iterable[str] | None) -> tuple[frozenset[str], tuple[str, ...]]:
-    if hosts is None:
-        return frozenset(), ()
-    if isinstance(hosts, str):
-        hosts = [hosts]
-    exact: set[str] = set()
-    suffixes: list[str] = []
-    for raw in hosts:
-        if not isinstance(raw, str) or not raw.strip():
-            raise ConfigurationError(f"allowed_hosts entries must be host names, got {raw!r}")
-        host = raw.strip().lower().rstrip(".")
-        bare_ipv6 = host.count(":") >= 2  # an IPv6 literal has several colons
-        if "/" in host or "@" in host or (":" in host and not bare_ipv6):
-            raise ConfigurationError(
-                f"allowed_hosts takes bare host names (api.example.com, *.example.com), "
-                f"not URLs or host:port, got {raw!r}"
-            )
-        if host.startswith("*."):
-            suffixes.append(host[1:])
-        elif host.startswith("."):
-            suffixes.append(host)
-        else:
-            exact.add(host.strip("[]"))
-    return frozenset(exact), tuple(suffixes)
+    return tuple(normalize_hosts(hosts))  # type: ignore[return-value]
 
 
 def check_destination(
@@ -79,25 +46,7 @@ def check_destination(
 ) -> None:
     """Raise :class:`ConfigurationError` unless the key may be sent to ``url``: https to
     ``api.scaling.cloud``, its subdomains or ``allowed_hosts``; any scheme to loopback."""
-    loopback = _is_loopback(url.host)
-    host = url.host.lower().rstrip(".")
-    known = (
-        host == SCALING_HOST
-        or host.endswith("." + SCALING_HOST)
-        or host in exact
-        or any(host.endswith(s) for s in suffixes)
-    )
-    if not (known or loopback):
-        raise ConfigurationError(
-            f"refusing to send the Scaling API key to {host!r}: it goes only to "
-            f"{SCALING_HOST}, its subdomains, loopback hosts and allowed_hosts; if this host "
-            "is yours, pass ScalingAuth(..., allowed_hosts=[...])"
-        )
-    if url.scheme != "https" and not loopback:
-        raise ConfigurationError(
-            f"refusing to send the Scaling API key over plain {url.scheme}:// to {host!r}; "
-            "use https://"
-        )
+    _check_host(url.scheme, url.host, AllowedHosts(exact, suffixes))
 
 
 def _environment_proxy_applies(url: httpx.URL) -> bool:
@@ -120,17 +69,27 @@ def _environment_proxy_applies(url: httpx.URL) -> bool:
     return False
 
 
+def _proxy_refusal(url: httpx.URL) -> ConfigurationError:
+    host = url.host.lower()
+    return refuse_proxied(
+        url.scheme,
+        url.host,
+        proxy=ENVIRONMENT_PROXY,
+        fix=f"Add {host} to NO_PROXY, use https://, or build the client with "
+        "scaling_client(), which reaches loopback hosts directly",
+    )
+
+
 def check_not_proxied(url: httpx.URL) -> None:
     """Raise :class:`ConfigurationError` when a plain-http request for ``url`` would go
     through a proxy set in the environment: the proxy would read the key in cleartext."""
-    if url.scheme == "https" or not _environment_proxy_applies(url):
-        return
-    host = url.host.lower()
-    raise ConfigurationError(
-        f"refusing to send the Scaling API key over plain {url.scheme}:// to {host!r} "
-        "through the proxy the environment sets (HTTP_PROXY or ALL_PROXY): the proxy "
-        f"would read the key in cleartext. Add {host} to NO_PROXY, use https://, or build "
-        "the client with scaling_client(), which reaches loopback hosts directly"
+    if url.scheme != "https" and _environment_proxy_applies(url):
+        raise _proxy_refusal(url)
+
+
+def _url_parts(url: httpx.URL) -> tuple[str, str, str]:
+    return tuple(  # type: ignore[return-value]
+        part.decode("ascii", "replace") for part in (url.raw_path, url.userinfo, url.raw_host)
     )
 
 
@@ -138,12 +97,7 @@ def check_url(url: httpx.URL) -> None:
     """Raise :class:`ConfigurationError` when ``url`` holds an API key (in its host, user
     info, path or query): the key would be written to the server's and every proxy's
     access logs, and to httpx's errors."""
-    for part in (url.raw_path, url.userinfo, url.raw_host):
-        if looks_like_key(part.decode("ascii", "replace")):
-            raise ConfigurationError(
-                "refusing to send a request whose URL holds an API key (scl_live_...): the "
-                "key travels only in the Authorization header; check the base URL and the path"
-            )
+    check_url_parts(*_url_parts(url))
 
 
 def is_key_rejection(response: httpx.Response) -> bool:
@@ -175,30 +129,10 @@ def _is_replayable(request: httpx.Request) -> bool:
     return isinstance(request.stream, httpx.ByteStream)
 
 
-Decision = Literal["retry", "same-key", "not-replayable"]
-
-
-def retry_decision(
-    sent: ApiKey, fresh: ApiKey, *, replayable: bool, known_rejected: bool = False
-) -> Decision:
-    """What to do after a rejected key was refreshed: retry with ``fresh``, or return the
-    401 because the source still holds the rejected key (or only keys the API rejected
-    before: ``known_rejected``) or the body cannot be resent."""
-    if fresh == sent or known_rejected:
-        return "same-key"
-    if not replayable:
-        return "not-replayable"
-    return "retry"
-
-
-def _request_id(body: bytes) -> str:
-    return parse_error_body(body).request_id or "none"
-
-
 # ---------------------------------------------------------------------- the auth
 
 
-class ScalingAuth(httpx.Auth):
+class ScalingAuth(httpx.Auth, KeyAuthBase):
     """An :class:`httpx.Auth` for :class:`httpx.Client` and :class:`httpx.AsyncClient` that
     sends ``Authorization: Bearer <key>`` and, after a 401 ``invalid_api_key``, refreshes the
     key and sends the request once more.
@@ -219,26 +153,8 @@ class ScalingAuth(httpx.Auth):
     requires_request_body = False
     requires_response_body = False
 
-    def __init__(
-        self,
-        source: Provider | KeyCache | str | None = None,
-        *,
-        ttl: float | timedelta | None = None,
-        allowed_hosts: Iterable[str] | None = None,
-    ) -> None:
-        self._cache = _as_cache(source, ttl)
-        self._exact, self._suffixes = _normalize_hosts(allowed_hosts)
-        self._checked: set[tuple[str, bytes, int | None, bytes]] = set()
-        self._direct: frozenset[str] = frozenset()
-        self._header: tuple[ApiKey, str] | None = None
-
-    @property
-    def cache(self) -> KeyCache:
-        """The key cache this auth reads from."""
-        return self._cache
-
-    def __repr__(self) -> str:
-        return f"<ScalingAuth {self._cache.describe()}>"
+    # Hosts scaling_client() reaches with no proxy (see _reached_directly).
+    _direct: frozenset[str] = frozenset()
 
     # -- shared steps
 
@@ -250,76 +166,17 @@ class ScalingAuth(httpx.Auth):
     def _check(self, request: httpx.Request) -> None:
         url = request.url
         marker = (url.scheme, url.raw_host, url.port, url.userinfo)
-        if marker in self._checked:
+        if marker in self._core.checked:
             return
-        # Until a request to this destination passed every check, each one is checked
-        # whole: a base URL holding a key is refused on every request.
-        check_url(url)
-        check_destination(url, self._exact, self._suffixes)
-        if url.host not in self._direct:
-            check_not_proxied(url)
-        if len(self._checked) < 64:
-            self._checked.add(marker)
+        self._core.check(marker, url.scheme, url.host, _url_parts(url), lambda: self._proxied(url))
+
+    def _proxied(self, url: httpx.URL) -> ConfigurationError | None:
+        if url.host in self._direct or not _environment_proxy_applies(url):
+            return None
+        return _proxy_refusal(url)
 
     def _apply(self, request: httpx.Request, key: ApiKey) -> None:
-        header = self._header
-        if header is None or header[0] is not key:
-            header = (key, "Bearer " + key.reveal())
-            self._header = header
-        request.headers["Authorization"] = header[1]
-
-    def _after_refresh(
-        self,
-        request: httpx.Request,
-        body: bytes,
-        sent: ApiKey,
-        fresh: ApiKey,
-        outcome: RefreshOutcome,
-    ) -> bool:
-        decision = retry_decision(
-            sent, fresh, replayable=_is_replayable(request), known_rejected=outcome == "rejected"
-        )
-        if decision == "retry":
-            logger.info(
-                "Scaling API rejected key %s (requestId %s); retrying %s %s once with %s from %s",
-                sent.masked,
-                _request_id(body),
-                request.method,
-                request.url.path,
-                fresh.masked,
-                self._cache.describe(),
-            )
-            self._apply(request, fresh)
-            return True
-        if decision == "same-key":
-            # The cache warned (once a minute per key, naming the likely cause).
-            logger.debug(
-                "Scaling API rejected key %s (requestId %s); the source has no other key "
-                "(%s), returning the 401",
-                sent.masked,
-                _request_id(body),
-                outcome,
-            )
-        else:
-            logger.warning(
-                "Scaling API rejected key %s (requestId %s); the key was refreshed to %s but "
-                "the request body is a one-shot stream that cannot be resent, so the 401 is "
-                "returned; the next request uses the new key",
-                sent.masked,
-                _request_id(body),
-                fresh.masked,
-            )
-        return False
-
-    def _refresh_failed(self, body: bytes, sent: ApiKey, exc: Exception) -> None:
-        logger.warning(
-            "Scaling API rejected key %s (requestId %s) and refreshing it from %s failed "
-            "(%s); returning the 401",
-            sent.masked,
-            _request_id(body),
-            self._cache.describe(),
-            type(exc).__name__,
-        )
+        request.headers["Authorization"] = self._core.bearer(key)
 
     # -- the drivers
 
@@ -330,19 +187,17 @@ class ScalingAuth(httpx.Auth):
         key = self._cache.get()
         self._apply(request, key)
         response = yield request
-        if response.status_code != 401:
+        if response.status_code != 401 or not _carried_the_key(request, response):
             return
-        if not _carried_the_key(request, response):
-            return
-        body = read_error_body(response)
-        if body is None or parse_error_body(body).code != "invalid_api_key":
-            return
-        try:
-            fresh, outcome = self._cache._refresh(key)
-        except ScalingCredentialsError as exc:
-            self._refresh_failed(body, key, exc)
-            return
-        if self._after_refresh(request, body, key, fresh, outcome):
+        fresh = self._core.after_401(
+            key,
+            read_error_body(response),
+            request.method,
+            request.url.path,
+            replayable=_is_replayable(request),
+        )
+        if fresh is not None:
+            self._apply(request, fresh)
             yield request
 
     async def async_auth_flow(
@@ -352,40 +207,15 @@ class ScalingAuth(httpx.Auth):
         key = self._cache._fresh() or await self._cache.aget()
         self._apply(request, key)
         response = yield request
-        if response.status_code != 401:
+        if response.status_code != 401 or not _carried_the_key(request, response):
             return
-        if not _carried_the_key(request, response):
-            return
-        body = await aread_error_body(response)
-        if body is None or parse_error_body(body).code != "invalid_api_key":
-            return
-        try:
-            fresh, outcome = await self._cache._arefresh(key)
-        except ScalingCredentialsError as exc:
-            self._refresh_failed(body, key, exc)
-            return
-        if self._after_refresh(request, body, key, fresh, outcome):
+        fresh = await self._core.aafter_401(
+            key,
+            await aread_error_body(response),
+            request.method,
+            request.url.path,
+            replayable=_is_replayable(request),
+        )
+        if fresh is not None:
+            self._apply(request, fresh)
             yield request
-
-
-def _as_cache(source: Provider | KeyCache | str | None, ttl: float | timedelta | None) -> KeyCache:
-    if isinstance(source, KeyCache):
-        if ttl is not None:
-            raise ConfigurationError(
-                "ttl applies when ScalingAuth builds the cache; pass ttl to KeyCache instead"
-            )
-        return source
-    if source is None:
-        from ._registry import provider_from_env
-
-        return KeyCache(provider_from_env(), ttl=ttl)
-    if isinstance(source, str):
-        from ._registry import provider_from_uri
-
-        return KeyCache(provider_from_uri(source), ttl=ttl)
-    if isinstance(source, Provider):
-        return KeyCache(source, ttl=ttl)
-    raise ConfigurationError(
-        f"ScalingAuth takes a Provider, a KeyCache, a source URI or None, got "
-        f"{type(source).__name__}"
-    )

@@ -2,7 +2,8 @@
 ``scaling_credentials.testing.pytest_plugin``) and the shared provider test suite
 (:mod:`scaling_credentials.testing.provider_suite`, which needs pytest), test doubles, and
 a rotation-under-load harness (:func:`run_rotation_threads`, :func:`run_rotation_tasks`,
-:func:`run_prefork_rotation`), a key file updated like a Kubernetes secret volume
+:func:`run_prefork_rotation`; httpx by default, any HTTP library through a
+:data:`ClientFactory`), a key file updated like a Kubernetes secret volume
 (:class:`SecretVolume`), an HTTP server that misbehaves on purpose (:class:`HostileServer`,
 fixture ``hostile_server``), and the ``scaling-credentials demo`` (:func:`run_demo`)."""
 
@@ -12,6 +13,8 @@ from ._helpers import FakeClock, FaultyProvider, MemoryProvider
 from ._hostile import HostileHit, HostileServer
 from ._ports import free_port, wait_for_port
 from ._rotation import (
+    AsyncClientFactory,
+    ClientFactory,
     PreforkRun,
     RotationRun,
     WorkerReport,
@@ -23,6 +26,8 @@ from ._rotation import (
 from ._volume import SecretVolume
 
 __all__ = [
+    "AsyncClientFactory",
+    "ClientFactory",
     "DemoOptions",
     "DemoReport",
     "FakeClock",

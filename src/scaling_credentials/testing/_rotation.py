@@ -5,14 +5,16 @@ for every provider; a third-party provider's tests can use it the same way."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import os
 import signal
 import struct
 import threading
 import time
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import NamedTuple, TypeVar
 
 import httpx
 
@@ -20,6 +22,8 @@ from .._auth import ScalingAuth
 from ._fake_api import FakeScalingAPI
 
 __all__ = [
+    "AsyncClientFactory",
+    "ClientFactory",
     "PreforkRun",
     "RotationRun",
     "WorkerReport",
@@ -30,6 +34,19 @@ __all__ = [
 ]
 
 PATH = "/oncall/schedules"
+
+# What one request came to: the final status, and how many answers came before it (a
+# request resent after a rejected key has one).
+Answer = tuple[int, int]
+#: Opens a client for a base URL (a context manager) and gives the function that sends
+#: ``GET <path>`` through it and returns the final status and how many answers came
+#: before it: how :func:`run_rotation_threads` drives any HTTP library.
+ClientFactory = Callable[[str], AbstractContextManager[Callable[[str], Answer]]]
+#: The asyncio twin of :data:`ClientFactory`, for :func:`run_rotation_tasks`.
+AsyncClientFactory = Callable[
+    [str], AbstractAsyncContextManager[Callable[[str], Awaitable[Answer]]]
+]
+_F = TypeVar("_F")
 
 
 class RotationRun(NamedTuple):
@@ -64,11 +81,11 @@ class _Progress:
         self.retried = 0
         self.changed = threading.Condition()
 
-    def record(self, worker: int, response: httpx.Response) -> None:
+    def record(self, worker: int, answer: Answer) -> None:
         with self.changed:
             self.counts[worker] += 1
-            self.statuses.append(response.status_code)
-            self.retried += len(response.history)
+            self.statuses.append(answer[0])
+            self.retried += answer[1]
             self.changed.notify_all()
 
     def wait_all_advanced(self, by: int, timeout: float) -> None:
@@ -82,31 +99,66 @@ class _Progress:
             raise AssertionError(f"workers stopped making progress within {timeout} s")
 
 
+def httpx_client(auth: httpx.Auth) -> ClientFactory:
+    """The default :data:`ClientFactory`: an :class:`httpx.Client` with ``auth``."""
+
+    @contextlib.contextmanager
+    def open_client(base_url: str) -> Iterator[Callable[[str], Answer]]:
+        with httpx.Client(base_url=base_url, auth=auth, timeout=30) as client:
+
+            def send(path: str) -> Answer:
+                response = client.get(path)
+                return response.status_code, len(response.history)
+
+            yield send
+
+    return open_client
+
+
+def httpx_async_client(auth: httpx.Auth) -> AsyncClientFactory:
+    """The default :data:`AsyncClientFactory`: an :class:`httpx.AsyncClient` with
+    ``auth``."""
+
+    @contextlib.asynccontextmanager
+    async def open_client(base_url: str) -> AsyncIterator[Callable[[str], Awaitable[Answer]]]:
+        async with httpx.AsyncClient(base_url=base_url, auth=auth, timeout=30) as client:
+
+            async def send(path: str) -> Answer:
+                response = await client.get(path)
+                return response.status_code, len(response.history)
+
+            yield send
+
+    return open_client
+
+
 def run_rotation_threads(
     api: FakeScalingAPI,
-    auth: httpx.Auth,
+    auth: httpx.Auth | None,
     rotate: Callable[[int], None],
     *,
     threads: int = 8,
     rotations: int = 3,
     gap: float = 0.0,
     timeout: float = 60.0,
+    client: ClientFactory | None = None,
 ) -> RotationRun:
-    """``threads`` threads, each with its own :class:`httpx.Client`, send requests to
-    ``api`` through ``auth`` while ``rotate(n)`` is called ``rotations`` times, each time
-    after every thread has completed a few more requests and at least ``gap`` seconds
-    (real time) after the previous rotation: rotations that close together are what a
-    cache with a refetch floor must survive. Bounded: every wait has a timeout and every
-    thread is joined."""
+    """``threads`` threads, each with its own client (an :class:`httpx.Client` with
+    ``auth``, or what ``client`` opens: requests, say), send requests to ``api`` while
+    ``rotate(n)`` is called ``rotations`` times, each time after every thread has
+    completed a few more requests and at least ``gap`` seconds (real time) after the
+    previous rotation: rotations that close together are what a cache with a refetch
+    floor must survive. Bounded: every wait has a timeout and every thread is joined."""
+    open_client = _client_factory(auth, client, httpx_client)
     progress = _Progress(threads)
     stop = threading.Event()
 
     def worker(index: int) -> None:
-        with httpx.Client(base_url=api.url, auth=auth, timeout=30) as client:
+        with open_client(api.url) as send:
             for _ in range(100_000):  # bounded; stopped by the event
                 if stop.is_set():
                     return
-                progress.record(index, client.get(PATH))
+                progress.record(index, send(PATH))
 
     workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
     for thread in workers:
@@ -129,33 +181,36 @@ def run_rotation_threads(
 
 def run_rotation_tasks(
     api: FakeScalingAPI,
-    auth: httpx.Auth,
+    auth: httpx.Auth | None,
     rotate: Callable[[int], None],
     *,
     tasks: int = 200,
     rotations: int = 3,
     gap: float = 0.0,
     timeout: float = 120.0,
+    client: AsyncClientFactory | None = None,
 ) -> RotationRun:
-    """A wave of ``tasks`` concurrent requests on one :class:`httpx.AsyncClient`, then for
-    each of ``rotations``: another wave with ``rotate(n)`` called while it is in flight
-    (in a worker thread, so that a blocking rotation does not stall the loop), at least
-    ``gap`` seconds (real time) after the previous rotation."""
+    """A wave of ``tasks`` concurrent requests on one client (an
+    :class:`httpx.AsyncClient` with ``auth``, or what ``client`` opens: aiohttp, say),
+    then for each of ``rotations``: another wave with ``rotate(n)`` called while it is in
+    flight (in a worker thread, so that a blocking rotation does not stall the loop), at
+    least ``gap`` seconds (real time) after the previous rotation."""
+    open_client = _client_factory(auth, client, httpx_async_client)
     statuses: list[int] = []
     retried = 0
 
-    async def wave(client: httpx.AsyncClient) -> None:
+    async def wave(send: Callable[[str], Awaitable[Answer]]) -> None:
         nonlocal retried
-        responses = await asyncio.gather(*(client.get(PATH) for _ in range(tasks)))
-        statuses.extend(r.status_code for r in responses)
-        retried += sum(len(r.history) for r in responses)
+        answers = await asyncio.gather(*(send(PATH) for _ in range(tasks)))
+        statuses.extend(status for status, _ in answers)
+        retried += sum(before for _, before in answers)
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=api.url, auth=auth, timeout=30) as client:
-            await wave(client)
+        async with open_client(api.url) as send:
+            await wave(send)
             for number in range(rotations):
                 paced = time.monotonic() + gap
-                running = asyncio.ensure_future(wave(client))
+                running = asyncio.ensure_future(wave(send))
                 await asyncio.sleep(0)
                 await asyncio.to_thread(rotate, number)
                 await running
@@ -163,6 +218,18 @@ def run_rotation_tasks(
 
     asyncio.run(asyncio.wait_for(scenario(), timeout))
     return RotationRun(statuses, retried)
+
+
+def _client_factory(
+    auth: httpx.Auth | None, client: _F | None, default: Callable[[httpx.Auth], _F]
+) -> _F:
+    if client is not None:
+        if auth is not None:
+            raise TypeError("pass either auth (an httpx.Auth) or client, not both")
+        return client
+    if auth is None:
+        raise TypeError("pass auth (an httpx.Auth) or client")
+    return default(auth)
 
 
 class WorkerReport(NamedTuple):

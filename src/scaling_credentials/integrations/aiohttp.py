@@ -1,0 +1,219 @@
+"""``ScalingMiddleware``: the Scaling API key for aiohttp (extra ``[aiohttp]``).
+
+An aiohttp client middleware (aiohttp 3.12 or later) with
+:class:`~scaling_credentials.ScalingAuth`'s semantics, shaped like the token-refresh
+middleware of aiohttp's documentation: it sets the ``Authorization`` header, calls the
+handler, and after a 401 that rejects the key, refreshes it through the shared
+:class:`~scaling_credentials.KeyCache` and calls the handler once more. The decisions are
+the ones every client shares (:mod:`scaling_credentials._authcore`).
+
+aiohttp follows redirects outside the middlewares, calling them again for every hop with
+a new request. The middleware notes each redirect it answers, in the calling task's
+context, and recognises the next hop by its URL: a hop to another origin (scheme, host
+or port) gets no key, its answers are never a rejection, and neither is anything after
+it, as with httpx and requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import warnings
+from typing import NamedTuple
+
+try:
+    import aiohttp
+    from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
+    from aiohttp.payload import BytesPayload
+    from yarl import URL
+except ImportError as exc:  # pragma: no cover - exercised in a fresh interpreter
+    from ._extras import missing
+
+    raise missing("aiohttp", extra="aiohttp") from exc
+
+from .._api import ErrorBodyReader, error_body_too_long
+from .._authcore import KeyAuthBase, refuse_proxied, same_origin
+from .._errors import ConfigurationError
+from .._key import ApiKey
+
+__all__ = ["ScalingMiddleware"]
+
+_CHUNK = 16 * 1024
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
+
+Origin = tuple[str, str, "int | None"]
+
+
+class _Hop(NamedTuple):
+    """A redirect answered in this task: where aiohttp goes next, and the origin that
+    may receive the key on that hop (``None``: none may, the chain left it)."""
+
+    target: URL
+    keyed: Origin | None
+
+
+_next_hop: contextvars.ContextVar[_Hop | None] = contextvars.ContextVar(
+    "scaling_credentials_next_hop", default=None
+)
+
+
+class ScalingMiddleware(KeyAuthBase):
+    """An aiohttp client middleware that sends ``Authorization: Bearer <key>`` and, after
+    a 401 ``invalid_api_key``, refreshes the key and sends the request once more::
+
+        aiohttp.ClientSession(middlewares=(ScalingMiddleware(),))
+
+    Its arguments and promises are :class:`~scaling_credentials.ScalingAuth`'s. Among
+    them: what may not receive the key raises
+    :class:`~scaling_credentials.ConfigurationError` before a byte is sent, which here
+    includes plain http through any proxy (``proxy=``, or the environment's with
+    ``trust_env=True``); no redirect hop to another origin gets the key, nor counts as a
+    rejection; streaming and file bodies are not resent, though the key is refreshed. The
+    401 answer that was retried is released (aiohttp keeps no history of it).
+    """
+
+    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        url = request.url
+        hop = _next_hop.get()
+        if hop is not None:
+            _next_hop.set(None)
+            if _same_target(hop.target, url) and (
+                hop.keyed is None or not same_origin(hop.keyed, _origin(url))
+            ):
+                # A redirect hop to another origin: no key, nothing checked or read.
+                response = await handler(request)
+                _note_redirect(response, None)
+                return response
+        marker = (url.scheme, url.raw_authority)
+        if marker not in self._core.checked:
+            self._check(request, url, marker)
+        key = self._cache._fresh() or await self._cache.aget()
+        request.headers[hdrs.AUTHORIZATION] = self._core.bearer(key)
+        response = await handler(request)
+        if response.status == 401:
+            response = await self._after_401(request, handler, response, key)
+        if response.status in _REDIRECTS:
+            _note_redirect(response, _origin(url))
+        return response
+
+    def _check(self, request: ClientRequest, url: URL, marker: tuple[str, str]) -> None:
+        self._core.check(
+            marker,
+            url.scheme,
+            url.host or "",
+            (url.raw_path, url.raw_query_string, url.raw_authority),
+            lambda: _proxied(request),
+        )
+
+    async def _after_401(
+        self,
+        request: ClientRequest,
+        handler: ClientHandlerType,
+        response: ClientResponse,
+        sent: ApiKey,
+    ) -> ClientResponse:
+        fresh = await self._core.aafter_401(
+            sent,
+            await _read_error_body(request, response),
+            request.method,
+            request.url.path,
+            replayable=isinstance(request.body, (bytes, BytesPayload)),
+        )
+        if fresh is None:
+            return response
+        response.release()
+        request.headers[hdrs.AUTHORIZATION] = self._core.bearer(fresh)
+        return await handler(request)
+
+
+def _proxied(request: ClientRequest) -> ConfigurationError | None:
+    """The refusal when aiohttp would send this plain-http request through a proxy
+    (given with ``proxy=``, or read from the environment with ``trust_env=True``)."""
+    if request.proxy is None:
+        return None
+    host = request.url.host or ""
+    return refuse_proxied(
+        request.url.scheme,
+        host,
+        proxy="a proxy (proxy=, or the environment's with trust_env=True)",
+        fix=f"Reach {host.lower()} without a proxy (and add it to NO_PROXY) or use https://",
+    )
+
+
+def _note_redirect(response: ClientResponse, keyed: Origin | None) -> None:
+    """Remember where aiohttp goes next when ``response`` is a redirect it may follow,
+    resolving ``Location`` as aiohttp does."""
+    if response.status not in _REDIRECTS:
+        return
+    location = response.headers.get(hdrs.LOCATION) or response.headers.get(hdrs.URI)
+    if location is None:
+        return
+    try:
+        target = URL(location)
+        if not target.is_absolute():
+            target = response.url.join(target)
+    except ValueError:
+        return  # aiohttp refuses to follow it
+    if keyed is not None and not same_origin(
+        keyed, (target.scheme, target.host or "", target.port)
+    ):
+        keyed = None  # the chain leaves the origin that had the key: the key stays behind
+    _next_hop.set(_Hop(target, keyed))
+
+
+def _same_target(expected: URL, url: URL) -> bool:
+    """Whether ``url`` is the hop to ``expected``: same origin and path (the query and
+    its encoding may be rewritten on the way)."""
+    same_path = (expected.path or "/") == (url.path or "/")
+    return same_path and same_origin(_origin(expected), _origin(url))
+
+
+def _origin(url: URL) -> Origin:
+    return (url.scheme, url.host or "", url.port)
+
+
+# ---------------------------------------------------------------------- the 401 body
+
+
+async def _read_error_body(request: ClientRequest, response: ClientResponse) -> bytes | None:
+    """A 401's body, decoded, when it may be the API's error JSON: at most 64 KiB, counted
+    after decoding, for at most a few seconds (each read has the remaining time as its
+    timeout). ``None`` when larger, slower or not decodable in bounds. What was read is
+    put back in front of the unread rest, so ``response.read()`` still returns all of it.
+
+    aiohttp decodes the body before the middleware sees it (``auto_decompress``, on by
+    default): it then bounds its own decoding (3.13.3 and later), and the bounded
+    decoder every client shares only counts. With ``auto_decompress=False`` on the
+    session, that decoder undoes ``gzip`` and ``deflate`` itself."""
+    if error_body_too_long(response.headers.get(hdrs.CONTENT_LENGTH)):
+        return None
+    decoded = request.session.auto_decompress
+    reader = ErrorBodyReader(() if decoded else response.headers.getall(hdrs.CONTENT_ENCODING, ()))
+    if reader.failed:
+        return None
+    content = response.content
+    complete = False
+    try:
+        while True:
+            chunk = await asyncio.wait_for(content.read(_CHUNK), max(0.0, reader.remaining()))
+            if not chunk:
+                complete = True
+                break
+            if not reader.feed(chunk):
+                break
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        pass  # not read in bounds: the user's own read meets what is left
+    finally:
+        _put_back(content, b"".join(reader.raw))
+    return reader.result() if complete else None
+
+
+def _put_back(content: aiohttp.StreamReader, data: bytes) -> None:
+    # StreamReader.unread_data is deprecated for general use (a reader's position is
+    # otherwise lost); here it returns the bytes read to the front of the stream, as if
+    # they had not been read. The warning says nothing to our users.
+    if not data:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        content.unread_data(data)
