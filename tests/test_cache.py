@@ -22,7 +22,7 @@ from scaling_credentials import (
     ProviderTimeoutError,
     SecretNotFoundError,
 )
-from scaling_credentials.testing import FakeClock, MemoryProvider
+from scaling_credentials.testing import FakeClock, MemoryProvider, memory_cache, run_in_threads
 from scaling_credentials.testing.provider_suite import assert_no_secret
 
 K1 = "scl_live_firstkey0123456789abcd"
@@ -30,40 +30,11 @@ K2 = "scl_live_secondkey0123456789wxyz"
 K3 = "scl_live_thirdkey0123456789mnop"
 
 
-def make(value: str | None = K1, **options: object) -> tuple[KeyCache, MemoryProvider, FakeClock]:
-    provider = MemoryProvider(value)
-    clock = FakeClock()
-    options.setdefault("jitter", 0.0)
-    cache = KeyCache(provider, clock=clock, rng=random.Random(7), **options)  # type: ignore[arg-type]
-    return cache, provider, clock
-
-
-def run_threads(n: int, target: object) -> list[object]:
-    """Start n threads together behind a barrier; join with a timeout; return results."""
-    barrier = threading.Barrier(n)
-    results: list[object] = [None] * n
-
-    def worker(index: int) -> None:
-        barrier.wait(timeout=10)
-        try:
-            results[index] = target()  # type: ignore[operator]
-        except BaseException as exc:
-            results[index] = exc
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(t.is_alive() for t in threads), "a thread is stuck"
-    return results
-
-
 # ---------------------------------------------------------------------------- TTL
 
 
 def test_first_get_fetches_then_serves_from_cache() -> None:
-    cache, provider, _clock = make(ttl=60)
+    cache, provider, _clock = memory_cache(K1, ttl=60)
     assert cache.get().reveal() == K1
     for _ in range(100):
         assert cache.get().reveal() == K1
@@ -76,7 +47,7 @@ def test_first_get_fetches_then_serves_from_cache() -> None:
 
 
 def test_expiry_fetches_again() -> None:
-    cache, provider, clock = make(ttl=60, refresh_ahead=0)
+    cache, provider, clock = memory_cache(K1, ttl=60, refresh_ahead=0)
     cache.get()
     provider.value = K2
     clock.advance(59.9)
@@ -161,7 +132,7 @@ def test_the_first_lifetime_is_spread_over_most_of_the_ttl() -> None:
 
 
 def test_key_age_counts_from_the_last_successful_read_of_the_source() -> None:
-    cache, provider, clock = make(ttl=60, refresh_ahead=0, max_stale=100)
+    cache, provider, clock = memory_cache(K1, ttl=60, refresh_ahead=0, max_stale=100)
     assert cache.key_age is None  # nothing held yet
     cache.get()
     assert cache.key_age == 0
@@ -179,7 +150,7 @@ def test_key_age_counts_from_the_last_successful_read_of_the_source() -> None:
 
 
 def test_invalidate_forgets_the_key() -> None:
-    cache, provider, _ = make(ttl=60)
+    cache, provider, _ = memory_cache(K1, ttl=60)
     cache.get()
     cache.invalidate()
     assert cache.peek() is None
@@ -192,7 +163,7 @@ def test_invalidate_forgets_the_key() -> None:
 
 
 def test_32_threads_at_an_expired_entry_make_one_fetch() -> None:
-    cache, provider, clock = make(ttl=60, refresh_ahead=0)
+    cache, provider, clock = memory_cache(K1, ttl=60, refresh_ahead=0)
     cache.get()
     clock.advance(61)
     provider.value = K2
@@ -202,7 +173,7 @@ def test_32_threads_at_an_expired_entry_make_one_fetch() -> None:
     done = threading.Event()
 
     def go() -> None:
-        results.extend(run_threads(32, cache.get))
+        results.extend(run_in_threads(cache.get, threads=32))
         done.set()
 
     runner = threading.Thread(target=go)
@@ -216,15 +187,15 @@ def test_32_threads_at_an_expired_entry_make_one_fetch() -> None:
 
 
 def test_32_threads_at_first_use_make_one_fetch() -> None:
-    cache, provider, _ = make(ttl=60)
+    cache, provider, _ = memory_cache(K1, ttl=60)
     provider.delay = 0.05  # keep the fetch in flight while the others arrive
-    results = run_threads(32, cache.get)
+    results = run_in_threads(cache.get, threads=32)
     assert provider.fetches == 1
     assert {r.reveal() for r in results if isinstance(r, ApiKey)} == {K1}
 
 
 def test_200_tasks_at_an_expired_entry_make_one_fetch() -> None:
-    cache, provider, clock = make(ttl=60, refresh_ahead=0)
+    cache, provider, clock = memory_cache(K1, ttl=60, refresh_ahead=0)
     cache.get()
     clock.advance(61)
     provider.value = K2
@@ -239,7 +210,7 @@ def test_200_tasks_at_an_expired_entry_make_one_fetch() -> None:
 
 
 def test_200_tasks_receiving_invalid_api_key_make_one_forced_fetch() -> None:
-    cache, provider, _ = make(ttl=300, min_refresh_interval=0)
+    cache, provider, _ = memory_cache(K1, ttl=300, min_refresh_interval=0)
     old = cache.get()
     provider.value = K2
     provider.delay = 0.05
@@ -255,12 +226,12 @@ def test_200_tasks_receiving_invalid_api_key_make_one_forced_fetch() -> None:
 
 
 def test_threads_and_tasks_share_one_fetch() -> None:
-    cache, provider, _ = make(ttl=60)
+    cache, provider, _ = memory_cache(K1, ttl=60)
     provider.gate = threading.Event()
     results: list[object] = []
 
     def sync_side() -> None:
-        results.extend(run_threads(8, cache.get))
+        results.extend(run_in_threads(cache.get, threads=8))
 
     async def async_side() -> list[ApiKey]:
         tasks = [asyncio.ensure_future(cache.aget()) for _ in range(50)]
@@ -282,7 +253,7 @@ def test_threads_and_tasks_share_one_fetch() -> None:
 
 
 def test_refresh_with_a_different_cached_key_does_not_fetch() -> None:
-    cache, provider, _ = make(ttl=60, min_refresh_interval=0)
+    cache, provider, _ = memory_cache(K1, ttl=60, min_refresh_interval=0)
     old = cache.get()
     provider.value = K2
     new = cache.refresh(rejected=old)
@@ -292,7 +263,7 @@ def test_refresh_with_a_different_cached_key_does_not_fetch() -> None:
 
 
 def test_refresh_without_rejected_always_fetches() -> None:
-    cache, provider, _ = make(ttl=60, min_refresh_interval=0)
+    cache, provider, _ = memory_cache(K1, ttl=60, min_refresh_interval=0)
     cache.get()
     cache.refresh()
     cache.refresh()
@@ -301,7 +272,7 @@ def test_refresh_without_rejected_always_fetches() -> None:
 
 
 def test_forced_fetches_respect_min_refresh_interval() -> None:
-    cache, _provider, clock = make(ttl=600, min_refresh_interval=10)
+    cache, _provider, clock = memory_cache(K1, ttl=600, min_refresh_interval=10)
     key = cache.get()
     for _ in range(20):
         assert cache.refresh(rejected=key) == key  # the source still holds the key
@@ -315,7 +286,7 @@ def test_forced_fetches_respect_min_refresh_interval() -> None:
 
 
 def test_a_ttl_fetch_does_not_start_the_refresh_interval() -> None:
-    cache, provider, clock = make(ttl=60, min_refresh_interval=30, refresh_ahead=0)
+    cache, provider, clock = memory_cache(K1, ttl=60, min_refresh_interval=30, refresh_ahead=0)
     cache.get()
     clock.advance(61)
     key = cache.get()  # TTL fetch
@@ -368,7 +339,7 @@ def test_an_async_forced_fetch_calls_arefetch() -> None:
 
 
 def test_forced_fetch_failure_raises_to_refresh_callers() -> None:
-    cache, provider, _ = make(ttl=60, min_refresh_interval=0)
+    cache, provider, _ = memory_cache(K1, ttl=60, min_refresh_interval=0)
     key = cache.get()
     provider.fail = True
     with pytest.raises(ProviderError):
@@ -382,13 +353,13 @@ def test_forced_fetch_failure_raises_to_refresh_callers() -> None:
 
 
 def test_refresh_ahead_serves_the_current_key_while_one_caller_refreshes() -> None:
-    cache, provider, clock = make(ttl=100, refresh_ahead=20)
+    cache, provider, clock = memory_cache(K1, ttl=100, refresh_ahead=20)
     cache.get()
     provider.value = K2
     provider.gate = threading.Event()
     provider.started.clear()
     clock.advance(85)  # inside the refresh-ahead window, not expired
-    results = run_threads(16, cache.get)
+    results = run_in_threads(cache.get, threads=16)
     assert {r.reveal() for r in results if isinstance(r, ApiKey)} == {K1}
     assert provider.started.wait(10)
     assert provider.fetches == 2  # one background refresh for 16 callers
@@ -403,7 +374,7 @@ def test_refresh_ahead_serves_the_current_key_while_one_caller_refreshes() -> No
 
 
 def test_refresh_ahead_failure_keeps_serving_the_current_key() -> None:
-    cache, provider, clock = make(ttl=100, refresh_ahead=20)
+    cache, provider, clock = memory_cache(K1, ttl=100, refresh_ahead=20)
     key = cache.get()
     provider.fail = True
     provider.started.clear()
@@ -418,7 +389,7 @@ def test_refresh_ahead_failure_keeps_serving_the_current_key() -> None:
 
 
 def test_async_refresh_ahead() -> None:
-    cache, provider, clock = make(ttl=100, refresh_ahead=20)
+    cache, provider, clock = memory_cache(K1, ttl=100, refresh_ahead=20)
 
     async def scenario() -> tuple[ApiKey, ApiKey]:
         first = await cache.aget()
@@ -443,8 +414,8 @@ def test_async_refresh_ahead() -> None:
 def test_stale_key_is_served_within_max_stale_then_the_error_surfaces(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cache, provider, clock = make(
-        ttl=60, refresh_ahead=0, max_stale=120, backoff_initial=1, backoff_max=8
+    cache, provider, clock = memory_cache(
+        K1, ttl=60, refresh_ahead=0, max_stale=120, backoff_initial=1, backoff_max=8
     )
     key = cache.get()
     provider.fail = True
@@ -472,7 +443,7 @@ def test_stale_key_is_served_within_max_stale_then_the_error_surfaces(
 def test_a_fresh_key_served_after_a_failed_fetch_is_no_stale_serve() -> None:
     # refresh() joins a refresh-ahead fetch that fails: the key it gets has not expired,
     # so no stale serve is counted or published.
-    cache, provider, clock = make(ttl=100, refresh_ahead=20)
+    cache, provider, clock = memory_cache(K1, ttl=100, refresh_ahead=20)
     events: list[CacheEvent] = []
     cache.subscribe(events.append)
     key = cache.get()
@@ -502,7 +473,9 @@ def test_a_fresh_key_served_after_a_failed_fetch_is_no_stale_serve() -> None:
 
 
 def test_recovery_after_the_backend_returns() -> None:
-    cache, provider, clock = make(ttl=60, refresh_ahead=0, backoff_initial=2, backoff_max=2)
+    cache, provider, clock = memory_cache(
+        K1, ttl=60, refresh_ahead=0, backoff_initial=2, backoff_max=2
+    )
     key = cache.get()
     provider.fail = True
     clock.advance(61)
@@ -515,7 +488,7 @@ def test_recovery_after_the_backend_returns() -> None:
 
 
 def test_no_key_ever_fetched_raises_the_typed_error_at_once() -> None:
-    cache, provider, _ = make(value=None)
+    cache, provider, _ = memory_cache(None)
     with pytest.raises(SecretNotFoundError):
         cache.get()
     # During the backoff step the same error comes back without a backend call.
@@ -525,7 +498,7 @@ def test_no_key_ever_fetched_raises_the_typed_error_at_once() -> None:
 
 
 def test_backoff_is_exponential_and_capped() -> None:
-    cache, provider, clock = make(value=None, backoff_initial=1, backoff_max=16)
+    cache, provider, clock = memory_cache(None, backoff_initial=1, backoff_max=16)
     attempts_at: list[float] = []
     start = clock()
     for _ in range(1200):  # 120 s in 0.1 s steps
@@ -543,7 +516,7 @@ def test_backoff_is_exponential_and_capped() -> None:
 
 
 def test_non_library_exceptions_are_wrapped() -> None:
-    cache, provider, _ = make()
+    cache, provider, _ = memory_cache(K1)
     provider.fail = OSError("disk on fire")
     with pytest.raises(ProviderError) as info:
         cache.get()
@@ -565,7 +538,7 @@ def test_a_provider_returning_a_str_is_an_error() -> None:
 
 
 def test_a_hung_backend_times_out_with_a_clear_error() -> None:
-    cache, provider, _ = make(fetch_timeout=0.2)
+    cache, provider, _ = memory_cache(K1, fetch_timeout=0.2)
     provider.gate = threading.Event()
     try:
         with pytest.raises(ProviderTimeoutError, match="fetch_timeout"):
@@ -575,7 +548,7 @@ def test_a_hung_backend_times_out_with_a_clear_error() -> None:
 
 
 def test_a_hung_backend_serves_the_stale_key() -> None:
-    cache, provider, clock = make(ttl=60, refresh_ahead=0, fetch_timeout=0.2)
+    cache, provider, clock = memory_cache(K1, ttl=60, refresh_ahead=0, fetch_timeout=0.2)
     key = cache.get()
     clock.advance(61)
     provider.gate = threading.Event()
@@ -682,7 +655,7 @@ class LockProbe(logging.Handler):
 def test_no_record_is_emitted_under_the_cache_lock_when_a_fetch_is_given_up(
     noticed_by: str,
 ) -> None:
-    cache, provider, clock = make(ttl=60, refresh_ahead=10, fetch_timeout=0.2)
+    cache, provider, clock = memory_cache(K1, ttl=60, refresh_ahead=10, fetch_timeout=0.2)
     key = cache.get()
     provider.gate = threading.Event()
     probe = LockProbe(cache)
@@ -707,7 +680,7 @@ def test_no_record_is_emitted_under_the_cache_lock_when_a_fetch_is_given_up(
 
 
 def test_a_cancelled_waiter_does_not_break_the_fetch_for_others() -> None:
-    cache, provider, _ = make()
+    cache, provider, _ = memory_cache(K1)
     provider.gate = threading.Event()
 
     async def scenario() -> list[ApiKey]:
@@ -727,7 +700,7 @@ def test_a_cancelled_waiter_does_not_break_the_fetch_for_others() -> None:
 
 
 def test_a_failing_fetch_wakes_every_waiter_with_the_error() -> None:
-    cache, provider, _ = make()
+    cache, provider, _ = memory_cache(K1)
     provider.gate = threading.Event()
     provider.fail = True
 
@@ -744,7 +717,7 @@ def test_a_failing_fetch_wakes_every_waiter_with_the_error() -> None:
 
 
 def test_aget_does_not_block_the_event_loop() -> None:
-    cache, provider, _ = make()
+    cache, provider, _ = memory_cache(K1)
     provider.delay = 0.1
 
     async def scenario() -> int:
@@ -843,7 +816,7 @@ def test_a_fetch_that_cannot_start_fails_at_once_instead_of_hanging_every_caller
     # fetch_timeout.
     import scaling_credentials._cache as cache_module
 
-    cache, provider, clock = make(ttl=60, refresh_ahead=0, fetch_timeout=30)
+    cache, provider, clock = memory_cache(K1, ttl=60, refresh_ahead=0, fetch_timeout=30)
     key = cache.get()
     clock.advance(61)
 
@@ -865,7 +838,7 @@ def test_a_fetch_that_cannot_start_fails_at_once_instead_of_hanging_every_caller
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_cache_warmed_before_fork_works_in_the_child() -> None:
-    cache, provider, clock = make(ttl=60, refresh_ahead=0)
+    cache, provider, clock = memory_cache(K1, ttl=60, refresh_ahead=0)
     cache.get()
     provider.gate = threading.Event()
     clock.advance(61)
@@ -887,6 +860,6 @@ def test_a_cache_warmed_before_fork_works_in_the_child() -> None:
 
 
 def test_stats_and_repr_hold_no_secret() -> None:
-    cache, _, _ = make()
+    cache, _, _ = memory_cache(K1)
     cache.get()
     assert_no_secret(K1, repr(cache), repr(cache.stats), str(cache.stats))

@@ -24,7 +24,7 @@ from scaling_credentials import (
     ProviderError,
     SecretNotFoundError,
 )
-from scaling_credentials.testing import FakeClock, MemoryProvider
+from scaling_credentials.testing import FakeClock, MemoryProvider, run_in_threads
 
 K1 = "scl_live_firstkey0123456789abcd"
 K2 = "scl_live_secondkey0123456789wxyz"
@@ -171,25 +171,18 @@ def test_threads_raising_at_once_get_distinct_exceptions() -> None:
     cache = KeyCache(provider, backoff_initial=3600, backoff_max=3600, clock=FakeClock())
     with pytest.raises(ProviderError):
         cache.get()
-    barrier = threading.Barrier(8)
-    seen: list[BaseException] = []
-    lock = threading.Lock()
 
-    def worker() -> None:
-        barrier.wait(timeout=10)
+    def fail_200_times() -> list[BaseException]:
+        seen: list[BaseException] = []
         for _ in range(200):
             try:
                 cache.get()
             except ProviderError as exc:
-                with lock:
-                    seen.append(exc)
+                seen.append(exc)
+        return seen
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(t.is_alive() for t in threads)
+    runs = run_in_threads(fail_200_times, threads=8)
+    seen = [error for run in runs if isinstance(run, list) for error in run]
     assert len(seen) == 1600 and len({id(e) for e in seen}) == 1600
     assert max(len(traceback.extract_tb(e.__traceback__)) for e in seen) < 10
 

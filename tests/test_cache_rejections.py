@@ -7,26 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 from collections.abc import Hashable
 
 import pytest
 
 from scaling_credentials import ApiKey, KeyCache, ProviderError
-from scaling_credentials.testing import FakeClock, MemoryProvider
+from scaling_credentials.testing import FakeClock, MemoryProvider, memory_cache
 
 K1 = "scl_live_firstkey0123456789abcd"
 K2 = "scl_live_secondkey0123456789wxyz"
 K3 = "scl_live_thirdkey0123456789mnop"
-
-
-def make(value: str | None = K1, **options: object) -> tuple[KeyCache, MemoryProvider, FakeClock]:
-    provider = MemoryProvider(value)
-    clock = FakeClock()
-    options.setdefault("jitter", 0.0)
-    cache = KeyCache(provider, clock=clock, rng=random.Random(7), **options)  # type: ignore[arg-type]
-    return cache, provider, clock
 
 
 def settle(cache: KeyCache) -> None:
@@ -40,7 +31,7 @@ def settle(cache: KeyCache) -> None:
 
 
 def test_each_new_rejected_key_is_refetched_at_once_whatever_the_interval() -> None:
-    cache, provider, clock = make(ttl=3600)  # default min_refresh_interval: 5 s
+    cache, provider, clock = memory_cache(K1, ttl=3600)  # default min_refresh_interval: 5 s
     k1 = cache.get()
     for value in (K2, K3):
         provider.value = value
@@ -57,7 +48,7 @@ def test_each_new_rejected_key_is_refetched_at_once_whatever_the_interval() -> N
 def test_a_rejected_key_earns_its_forced_fetch_with_nothing_held() -> None:
     # invalidate() between the request and its 401: the refresh still goes past the
     # provider's own cache (refetch), once, and counts as forced.
-    cache, provider, _ = make(ttl=3600)
+    cache, provider, _ = memory_cache(K1, ttl=3600)
     k1 = cache.get()
     cache.invalidate()
     provider.value = K2
@@ -67,7 +58,7 @@ def test_a_rejected_key_earns_its_forced_fetch_with_nothing_held() -> None:
 
 
 def test_a_stuck_key_is_held_to_the_interval_after_its_forced_fetch() -> None:
-    cache, provider, clock = make(ttl=3600, min_refresh_interval=5)
+    cache, provider, clock = memory_cache(K1, ttl=3600, min_refresh_interval=5)
     key = cache.get()
     assert cache.refresh(rejected=key) == key  # forced: the source still holds it
     assert cache._refresh(key) == (key, "skipped-interval")
@@ -79,7 +70,7 @@ def test_a_stuck_key_is_held_to_the_interval_after_its_forced_fetch() -> None:
 
 
 def test_a_revoked_key_with_no_new_key_costs_one_forced_fetch_per_interval() -> None:
-    cache, _, clock = make(ttl=3600, min_refresh_interval=5)
+    cache, _, clock = memory_cache(K1, ttl=3600, min_refresh_interval=5)
     key = cache.get()
     for _ in range(100):  # 100 s of rejections, 10 a second
         for _ in range(10):
@@ -89,7 +80,7 @@ def test_a_revoked_key_with_no_new_key_costs_one_forced_fetch_per_interval() -> 
 
 
 def test_a_key_whose_forced_fetch_failed_waits_only_for_the_backoff() -> None:
-    cache, provider, clock = make(ttl=3600, min_refresh_interval=60, backoff_initial=1)
+    cache, provider, clock = memory_cache(K1, ttl=3600, min_refresh_interval=60, backoff_initial=1)
     key = cache.get()
     provider.fail = True
     with pytest.raises(ProviderError):
@@ -103,7 +94,7 @@ def test_a_key_whose_forced_fetch_failed_waits_only_for_the_backoff() -> None:
 
 
 def test_many_threads_rejecting_one_key_share_one_forced_fetch() -> None:
-    cache, provider, _ = make(ttl=3600)
+    cache, provider, _ = memory_cache(K1, ttl=3600)
     key = cache.get()
     provider.value = K2
     provider.gate = threading.Event()
@@ -172,7 +163,9 @@ def test_a_fetch_returning_a_rejected_key_keeps_the_newer_key_and_asks_again_soo
 ) -> None:
     # A caching extension behind the source: after the forced fetch found K2, its cache
     # still serves the rejected K1 to the next TTL fetch.
-    cache, provider, clock = make(ttl=60, refresh_ahead=0, backoff_initial=1, backoff_max=8)
+    cache, provider, clock = memory_cache(
+        K1, ttl=60, refresh_ahead=0, backoff_initial=1, backoff_max=8
+    )
     k1 = cache.get()
     provider.value = K2
     assert cache.refresh(rejected=k1).reveal() == K2
@@ -200,8 +193,8 @@ def test_a_kept_key_is_not_served_past_its_expiry_while_its_reread_waits() -> No
     # Short TTL, long backoff: the re-read of a source back on a rejected key is due
     # after the kept key's expiry. At expiry the source is read as usual: the hot path
     # never serves past it (nor past max_stale).
-    cache, provider, clock = make(
-        ttl=10, refresh_ahead=0, max_stale=0, backoff_initial=60, backoff_max=60
+    cache, provider, clock = memory_cache(
+        K1, ttl=10, refresh_ahead=0, max_stale=0, backoff_initial=60, backoff_max=60
     )
     k1 = cache.get()
     provider.value = K2
@@ -217,7 +210,7 @@ def test_a_kept_key_is_not_served_past_its_expiry_while_its_reread_waits() -> No
 
 
 def test_when_every_key_is_rejected_the_source_is_believed() -> None:
-    cache, provider, _ = make(ttl=3600)
+    cache, provider, _ = memory_cache(K1, ttl=3600)
     k1 = cache.get()
     provider.value = K2
     k2 = cache.refresh(rejected=k1)
@@ -228,7 +221,7 @@ def test_when_every_key_is_rejected_the_source_is_believed() -> None:
 
 
 def test_invalidate_keeps_what_it_knows_of_rejected_keys() -> None:
-    cache, _, _ = make(ttl=3600)
+    cache, _, _ = memory_cache(K1, ttl=3600)
     k1 = cache.get()
     cache.refresh(rejected=k1)
     cache.invalidate()
@@ -236,7 +229,7 @@ def test_invalidate_keeps_what_it_knows_of_rejected_keys() -> None:
 
 
 def test_rejected_keys_are_remembered_by_fingerprint_and_bounded() -> None:
-    cache, _, _ = make(ttl=3600, min_refresh_interval=0)
+    cache, _, _ = memory_cache(K1, ttl=3600, min_refresh_interval=0)
     held = cache.get()
     for index in range(200):
         cache.refresh(rejected=ApiKey(f"scl_live_oldkey{index:06d}abcdefgh"))
@@ -297,7 +290,7 @@ def test_a_changed_stamp_is_refetched_within_the_check_interval_with_no_rejectio
 
 
 def test_a_provider_without_stamps_is_never_checked_on_the_read_path() -> None:
-    cache, _, _ = make(ttl=3600)
+    cache, _, _ = memory_cache(K1, ttl=3600)
     cache.get()
     entry = cache._state.entry
     assert entry is not None
@@ -418,7 +411,7 @@ def test_async_reads_check_the_stamp_too() -> None:
 def test_a_stuck_key_warns_once_a_minute_with_the_count_and_the_cause(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cache, _, clock = make(ttl=3600)
+    cache, _, clock = memory_cache(K1, ttl=3600)
     key = cache.get()
     with caplog.at_level(logging.DEBUG, logger="scaling_credentials.cache"):
         for _ in range(30):

@@ -9,7 +9,7 @@ fixture ``hostile_server``), and the ``scaling-credentials demo`` (:func:`run_de
 
 from ._demo import DemoOptions, DemoReport, run_demo
 from ._fake_api import FakeScalingAPI, RecordedRequest, ScriptedResponse
-from ._helpers import FakeClock, FaultyProvider, MemoryProvider
+from ._helpers import FakeClock, FaultyProvider, MemoryCache, MemoryProvider, memory_cache
 from ._hostile import HostileHit, HostileServer
 from ._ports import free_port, wait_for_port
 from ._rotation import (
@@ -23,6 +23,7 @@ from ._rotation import (
     run_rotation_tasks,
     run_rotation_threads,
 )
+from ._threads import run_in_threads
 from ._volume import SecretVolume
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "FaultyProvider",
     "HostileHit",
     "HostileServer",
+    "MemoryCache",
     "MemoryProvider",
     "PreforkRun",
     "RecordedRequest",
@@ -43,8 +45,10 @@ __all__ = [
     "SecretVolume",
     "WorkerReport",
     "free_port",
+    "memory_cache",
     "rotate_and_revoke",
     "run_demo",
+    "run_in_threads",
     "run_prefork_rotation",
     "run_rotation_tasks",
     "run_rotation_threads",

@@ -7,12 +7,16 @@ import random
 import threading
 import time
 from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import ProviderError
 from .._key import ApiKey
 from .._provider import Provider
 
-__all__ = ["FakeClock", "FaultyProvider", "MemoryProvider"]
+if TYPE_CHECKING:
+    from .._cache import KeyCache
+
+__all__ = ["FakeClock", "FaultyProvider", "MemoryCache", "MemoryProvider", "memory_cache"]
 
 
 class FakeClock:
@@ -180,3 +184,25 @@ class FaultyProvider(Provider):
 
     def explain_stuck(self, rejected: ApiKey) -> str:
         return self.inner.explain_stuck(rejected)
+
+
+class MemoryCache(NamedTuple):
+    """What :func:`memory_cache` builds: the cache, its provider and its clock."""
+
+    cache: KeyCache
+    provider: MemoryProvider
+    clock: FakeClock
+
+
+def memory_cache(value: str | None, **options: Any) -> MemoryCache:
+    """A :class:`KeyCache` over a :class:`MemoryProvider` holding ``value``, on a
+    :class:`FakeClock`, with no jitter and a seeded generator unless ``options`` (any of
+    ``KeyCache``'s keywords) say otherwise: a cache whose every decision a test can
+    predict."""
+    from .._cache import KeyCache
+
+    provider = MemoryProvider(value)
+    clock = FakeClock()
+    options.setdefault("jitter", 0.0)
+    options.setdefault("rng", random.Random(7))
+    return MemoryCache(KeyCache(provider, clock=clock, **options), provider, clock)

@@ -29,6 +29,7 @@ from .._errors import (
 )
 from .._key import ApiKey
 from .._provider import Provider
+from ._threads import run_in_threads
 
 __all__ = [
     "BAD_VALUES",
@@ -251,29 +252,11 @@ class ProviderTests:
         value = good_value("threads")
         self.store(value)
         provider = self.make_provider()
-        results: list[ApiKey] = []
-        errors: list[BaseException] = []
-        lock = threading.Lock()
-
-        def worker() -> None:
-            try:
-                got = provider.fetch()
-            except BaseException as exc:
-                with lock:
-                    errors.append(exc)
-                return
-            with lock:
-                results.append(got)
-
-        threads = [threading.Thread(target=worker) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert not any(t.is_alive() for t in threads)
-        assert not errors, [type(e).__name__ for e in errors]
-        assert len(results) == 8
+        results = run_in_threads(provider.fetch, threads=8)
+        errors = [type(r).__name__ for r in results if isinstance(r, BaseException)]
+        assert not errors, errors
         for key in results:
+            assert isinstance(key, ApiKey)
             assert_key_is(key, value)
 
     def test_refetch_gets_past_caches_and_keeps_no_state(self) -> None:
