@@ -362,7 +362,7 @@ def test_a_forked_child_builds_its_own_client(
     pid = os.fork()
     if pid == 0:  # the child: report, then leave without running pytest's teardown
         try:
-            reused = provider._client is parent_client
+            reused = provider._client.peek() is parent_client
             ok = provider.fetch().reveal() == KEY_A
             fresh = provider._get_client() is not parent_client
             os.write(write_end, json.dumps([reused, ok, fresh]).encode())

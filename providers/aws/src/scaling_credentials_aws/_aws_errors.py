@@ -7,7 +7,10 @@ botocore: the extension provider must not pay for it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from scaling_credentials import ProviderError, SecretNotFoundError
+from scaling_credentials.toolkit import redact
 
 __all__ = ["error_for_code", "short"]
 
@@ -35,12 +38,13 @@ _BAD_CREDENTIALS = frozenset(
 _ACCESS_DENIED = frozenset({"AccessDeniedException", "AccessDenied", "KMSAccessDeniedException"})
 
 
-def short(text: str, limit: int = 300) -> str:
-    """One line of at most ``limit`` characters; a text that looks like it holds an API
-    key is dropped (AWS error messages never do, but a proxy's page might)."""
-    if "scl_live_" in text:
-        return "<message withheld: it looks like it contains a key>"
-    line = " ".join(text.split())
+def short(text: str, limit: int = 300, *, secrets: Iterable[str] = ()) -> str:
+    """``text`` as one line of at most ``limit`` characters, redacted: keys masked and
+    each of ``secrets`` (a credential the text may echo) replaced, before it is cut.
+
+    AWS error messages hold no key, but a proxy's page or a hostile local server might.
+    """
+    line = redact(" ".join(text.split()), secrets)
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

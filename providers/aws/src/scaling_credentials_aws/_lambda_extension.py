@@ -17,12 +17,9 @@ import base64
 import binascii
 import importlib.util
 import json
-import logging
 import os
 import ssl
-import threading
 import time
-import weakref
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -31,12 +28,19 @@ import httpx
 
 from scaling_credentials import (
     ApiKey,
-    ConfigurationError,
     InvalidKeyFormatError,
     Provider,
     ProviderError,
     SecretNotFoundError,
     SourceURI,
+)
+from scaling_credentials.toolkit import (
+    PerProcess,
+    format_query,
+    get_logger,
+    port_number,
+    seconds,
+    text_option,
 )
 
 from ._aws_errors import error_for_code, short
@@ -44,7 +48,7 @@ from ._values import key_from_secret
 
 __all__ = ["DEFAULT_PORT", "PORT_ENV", "TOKEN_HEADER", "LambdaExtensionProvider"]
 
-logger = logging.getLogger("scaling_credentials.aws")
+logger = get_logger("scaling_credentials.aws")
 
 DEFAULT_PORT = 2773
 PORT_ENV = "PARAMETERS_SECRETS_EXTENSION_HTTP_PORT"
@@ -55,18 +59,9 @@ MAX_ANSWER = 256 * 1024  # a GetSecretValue answer is at most ~90 KiB (64 KiB, b
 
 
 def _resolve_port(port: int | str | None, environ: Mapping[str, str]) -> int:
-    raw: object = port
-    where = "port"
-    if raw is None:
-        raw = environ.get(PORT_ENV, "").strip() or DEFAULT_PORT
-        where = PORT_ENV
-    try:
-        number = int(str(raw).strip())
-    except ValueError:
-        raise ConfigurationError(f"{where} must be a TCP port number, got {raw!r}") from None
-    if isinstance(raw, bool) or not 1 <= number <= 65535:
-        raise ConfigurationError(f"{where} must be a TCP port number (1-65535), got {raw!r}")
-    return number
+    if port is not None:
+        return port_number(port, "port")
+    return port_number(environ.get(PORT_ENV, "").strip() or DEFAULT_PORT, PORT_ENV)
 
 
 class _NotReady(Exception):
@@ -111,42 +106,32 @@ class LambdaExtensionProvider(Provider):
         timeout: float = 10.0,
         ready_timeout: float = 3.0,
     ) -> None:
-        if not isinstance(secret_id, str) or not secret_id.strip():
-            raise ConfigurationError(f"secret_id must be a non-empty str, got {secret_id!r}")
-        if "scl_live_" in secret_id:
-            raise ConfigurationError(
-                "secret_id looks like an API key; pass the secret's name or ARN, never the key"
-            )
-        if field is not None and (not isinstance(field, str) or not field):
-            raise ConfigurationError(f"field must be a non-empty str, got {field!r}")
-        for name, seconds, low in (("timeout", timeout, 1e-9), ("ready_timeout", ready_timeout, 0)):
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < low:
-                raise ConfigurationError(f"{name} must be a number of seconds, got {seconds!r}")
-        self.secret_id = secret_id.strip()
-        self.field = field
-        self.version_stage = version_stage or None
-        self.version_id = version_id or None
+        self.secret_id: str = text_option(secret_id, "secret_id") or ""
+        self.field = text_option(field, "field", optional=True)
+        self.version_stage = text_option(version_stage, "version_stage", optional=True)
+        self.version_id = text_option(version_id, "version_id", optional=True)
         self.port = _resolve_port(port, os.environ)
-        self.timeout = float(timeout)
-        self.ready_timeout = float(ready_timeout)
-        self._lock = threading.Lock()
-        self._client: httpx.Client | None = None
-        self._client_pid: int | None = None
-        self._direct: Provider | None = None
-        _providers.add(self)
+        self.timeout = seconds(timeout, "timeout", allow_zero=False)
+        self.ready_timeout = seconds(ready_timeout, "ready_timeout")
+        # No proxies from the environment: this is a loopback call.
+        self._client = PerProcess(
+            lambda: httpx.Client(timeout=self.timeout, trust_env=False, verify=_no_tls_context())
+        )
+        self._direct: PerProcess[Provider | None] = PerProcess(self._make_direct)
 
     @classmethod
     def from_uri(cls, uri: SourceURI) -> LambdaExtensionProvider:
         """``aws-lambda-extension:SECRET_ID[?field=F&stage=S&version_id=V&port=P]``."""
         uri.check_params(("field", "stage", "version_id", "port"))
-        params = uri.params
-        port = params.get("port") or None
+        port = uri.param("port")
         return cls(
             uri.require_path("a secret name or ARN"),
-            field=params.get("field") or None,
-            version_stage=params.get("stage") or None,
-            version_id=params.get("version_id") or None,
-            port=_resolve_port(port, {}) if port is not None else None,
+            field=uri.param("field"),
+            version_stage=uri.param("stage"),
+            version_id=uri.param("version_id"),
+            port=port_number(port, "port= in an aws-lambda-extension: source URI")
+            if port is not None
+            else None,
         )
 
     @property
@@ -155,42 +140,35 @@ class LambdaExtensionProvider(Provider):
         return f"http://localhost:{self.port}"
 
     def describe(self) -> str:
-        params = [
-            (name, value)
-            for name, value in (
+        query = format_query(
+            [
                 ("field", self.field),
                 ("stage", self.version_stage),
                 ("version_id", self.version_id),
-            )
-            if value
-        ]
-        if self.port != DEFAULT_PORT:
-            params.append(("port", str(self.port)))
-        query = "&".join(f"{k}={quote(v, safe='/:')}" for k, v in params)
-        return f"aws-lambda-extension:{self.secret_id}" + (f"?{query}" if query else "")
+                ("port", str(self.port) if self.port != DEFAULT_PORT else None),
+            ]
+        )
+        return f"aws-lambda-extension:{self.secret_id}{query}"
 
     # ------------------------------------------------------------------ rotation
 
-    def _direct_provider(self) -> Provider | None:
-        with self._lock:
-            if self._direct is not None:
-                return self._direct
-            if importlib.util.find_spec("boto3") is None:
-                return None
-            from ._secretsmanager import DEFAULT_STAGE, SecretsManagerProvider
+    def _make_direct(self) -> Provider | None:
+        """The boto3 provider for a direct read, or ``None`` without boto3."""
+        if importlib.util.find_spec("boto3") is None:
+            return None
+        from ._secretsmanager import DEFAULT_STAGE, SecretsManagerProvider
 
-            self._direct = SecretsManagerProvider(
-                self.secret_id,
-                field=self.field,
-                version_stage=self.version_stage or DEFAULT_STAGE,
-                version_id=self.version_id,
-            )
-            return self._direct
+        return SecretsManagerProvider(
+            self.secret_id,
+            field=self.field,
+            version_stage=self.version_stage or DEFAULT_STAGE,
+            version_id=self.version_id,
+        )
 
     def _after_fresh_read(self, key: ApiKey, rejected: ApiKey) -> Provider | None:
         if key != rejected:
             return None
-        direct = self._direct_provider()
+        direct = self._direct.get()
         if direct is None:
             logger.warning(
                 "%s still serves the rejected key %s after refreshNow and boto3 is not "
@@ -324,20 +302,6 @@ class LambdaExtensionProvider(Provider):
 
     # ------------------------------------------------------------------ sync driver
 
-    def _http(self) -> httpx.Client:
-        pid = os.getpid()
-        client = self._client
-        if client is not None and self._client_pid == pid:
-            return client
-        with self._lock:
-            if self._client is None or self._client_pid != pid:
-                # No proxies from the environment: this is a loopback call.
-                self._client = httpx.Client(
-                    timeout=self.timeout, trust_env=False, verify=_no_tls_context()
-                )
-                self._client_pid = pid
-            return self._client
-
     def _exchange(self, refresh_now: bool) -> dict[str, Any]:
         headers = self._headers()
         url = self.url + self._path(refresh_now)
@@ -345,7 +309,7 @@ class LambdaExtensionProvider(Provider):
         delay = 0.02
         while True:
             try:
-                response = self._http().get(url, headers=headers)
+                response = self._client.get().get(url, headers=headers)
                 answer = _Answer(response.status_code, response.content[:MAX_ANSWER])
                 return self._interpret(answer, refresh_now)
             except (_NotReady, httpx.ConnectError) as exc:
@@ -461,17 +425,3 @@ def _aws_error(body: bytes) -> tuple[str, str]:
     if not isinstance(code, str) or not isinstance(message, str):
         return "", ""
     return code, message
-
-
-_providers: weakref.WeakSet[LambdaExtensionProvider] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # A lock held by a parent thread at fork time would stay held in the child; the
-    # parent's connections are left alone (the pid check builds a new client).
-    for provider in list(_providers):
-        provider._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -8,11 +8,7 @@ its own, so no connection is ever shared with the parent.
 
 from __future__ import annotations
 
-import os
-import threading
-import weakref
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from scaling_credentials import (
     ApiKey,
@@ -20,6 +16,13 @@ from scaling_credentials import (
     Provider,
     ProviderError,
     SourceURI,
+)
+from scaling_credentials.toolkit import (
+    PerProcess,
+    format_query,
+    seconds,
+    text_option,
+    whole_number,
 )
 
 from ._aws_errors import error_for_code, short
@@ -40,19 +43,6 @@ def _region_from_arn(secret_id: str) -> str | None:
     if len(parts) == 7 and parts[0] == "arn" and parts[2] == "secretsmanager" and parts[3]:
         return parts[3]
     return None
-
-
-def _check_text(value: object, name: str, *, allow_none: bool = True) -> str | None:
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(f"{name} must be a non-empty str, got {value!r}")
-    if "scl_live_" in value:
-        # A key pasted where its *name* belongs: say so without repeating it.
-        raise ConfigurationError(
-            f"{name} looks like an API key; pass the secret's name or ARN, never the key"
-        )
-    return value.strip()
 
 
 class SecretsManagerProvider(Provider):
@@ -94,58 +84,46 @@ class SecretsManagerProvider(Provider):
         read_timeout: float = 5.0,
         max_attempts: int = 3,
     ) -> None:
-        self.secret_id = _check_text(secret_id, "secret_id", allow_none=False) or ""
-        if field is not None and (not isinstance(field, str) or not field):
-            raise ConfigurationError(f"field must be a non-empty str, got {field!r}")
-        self.field = field
-        self.version_stage = _check_text(version_stage, "version_stage")
-        self.version_id = _check_text(version_id, "version_id")
-        self.region_name = _check_text(region_name, "region_name")
-        self.endpoint_url = _check_text(endpoint_url, "endpoint_url")
+        self.secret_id: str = text_option(secret_id, "secret_id") or ""
+        self.field = text_option(field, "field", optional=True)
+        self.version_stage = text_option(version_stage, "version_stage", optional=True)
+        self.version_id = text_option(version_id, "version_id", optional=True)
+        self.region_name = text_option(region_name, "region_name", optional=True)
+        self.endpoint_url = text_option(endpoint_url, "endpoint_url", optional=True)
         if client is not None and (session is not None or region_name or endpoint_url):
             raise ConfigurationError(
                 "pass either client, or session/region_name/endpoint_url to build one, not both"
             )
-        for name, seconds in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds")
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
-        self.connect_timeout = float(connect_timeout)
-        self.read_timeout = float(read_timeout)
-        self.max_attempts = max_attempts
+        self.connect_timeout = seconds(connect_timeout, "connect_timeout", allow_zero=False)
+        self.read_timeout = seconds(read_timeout, "read_timeout", allow_zero=False)
+        self.max_attempts = whole_number(max_attempts, "max_attempts", minimum=1)
         self._session = session
         self._given_client = client
-        self._client: Any = None
-        self._client_pid: int | None = None
-        self._lock = threading.Lock()
-        _providers.add(self)
+        self._client: PerProcess[Any] = PerProcess(self._make_client)
 
     @classmethod
     def from_uri(cls, uri: SourceURI) -> SecretsManagerProvider:
         """``aws-sm:SECRET_ID[?field=F&region=R&stage=S&version_id=V]``."""
         uri.check_params(("field", "region", "stage", "version_id"))
-        params = uri.params
         return cls(
             uri.require_path("a secret name or ARN"),
-            field=params.get("field") or None,
-            version_stage=params.get("stage") or DEFAULT_STAGE,
-            version_id=params.get("version_id") or None,
-            region_name=params.get("region") or None,
+            field=uri.param("field"),
+            version_stage=uri.param("stage") or DEFAULT_STAGE,
+            version_id=uri.param("version_id"),
+            region_name=uri.param("region"),
         )
 
     def describe(self) -> str:
-        params: list[tuple[str, str]] = []
-        if self.field:
-            params.append(("field", self.field))
-        if self.region_name:
-            params.append(("region", self.region_name))
-        if self.version_stage and self.version_stage != DEFAULT_STAGE:
-            params.append(("stage", self.version_stage))
-        if self.version_id:
-            params.append(("version_id", self.version_id))
-        query = "&".join(f"{k}={quote(v, safe='/:')}" for k, v in params)
-        return f"aws-sm:{self.secret_id}" + (f"?{query}" if query else "")
+        stage = self.version_stage if self.version_stage != DEFAULT_STAGE else None
+        query = format_query(
+            [
+                ("field", self.field),
+                ("region", self.region_name),
+                ("stage", stage),
+                ("version_id", self.version_id),
+            ]
+        )
+        return f"aws-sm:{self.secret_id}{query}"
 
     # ------------------------------------------------------------------ fetching
 
@@ -178,14 +156,7 @@ class SecretsManagerProvider(Provider):
     def _get_client(self) -> Any:
         if self._given_client is not None:
             return self._given_client
-        client, pid = self._client, os.getpid()
-        if client is not None and self._client_pid == pid:
-            return client
-        with self._lock:
-            if self._client is None or self._client_pid != pid:
-                self._client = self._make_client()
-                self._client_pid = pid
-            return self._client
+        return self._client.get()
 
     def _make_client(self) -> Any:
         try:
@@ -274,19 +245,3 @@ class SecretsManagerProvider(Provider):
                 provider=desc,
             )
         return ProviderError(f"{desc}: GetSecretValue failed: {short(str(exc))}", provider=desc)
-
-
-_providers: weakref.WeakSet[SecretsManagerProvider] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # The child must not reuse the parent's connections, and a lock held by a parent
-    # thread at fork time would stay held forever in the child.
-    for provider in list(_providers):
-        provider._lock = threading.Lock()
-        provider._client = None
-        provider._client_pid = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
