@@ -4,12 +4,14 @@ for the AWS Parameters and Secrets Lambda Extension."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import subprocess
 import sys
 import threading
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from scaling_credentials.testing import free_port, wait_for_port
 
 REGION = "us-east-1"
 FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-SESSION_TOKEN = "fake-session-token-for-the-extension"
+SESSION_TOKEN = "IQoJb3JpZ2luX2VjEFakeSessionToken/for+the+extension=="
 DEAD_ENDPOINT = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 _AWS_VARIABLES_TO_CLEAR = (
@@ -165,6 +167,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         status, headers, payload = self.server.owner.respond(self, body)
+        if callable(payload):  # a behaviour that writes its own answer
+            payload(self)
+            return
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
@@ -176,8 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Serving:
-    def __init__(self) -> None:
-        self._server = _QuietServer(("127.0.0.1", 0), _Handler)
+    def __init__(self, port: int = 0) -> None:
+        self._server = _QuietServer(("127.0.0.1", port), _Handler)
         self._server.owner = self
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -195,8 +200,75 @@ class _Serving:
 
     def respond(
         self, handler: BaseHTTPRequestHandler, body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
+    ) -> tuple[int, list[tuple[str, str]], bytes | Behaviour]:
         raise NotImplementedError
+
+
+# What a scripted answer may be besides (status, body): a function that writes the
+# answer itself, byte by byte if it likes.
+Behaviour = Callable[[BaseHTTPRequestHandler], None]
+
+
+class Trickle:
+    """A 200 whose body (``size`` bytes announced) comes one byte every ``interval``
+    seconds, until it is complete or the client goes away."""
+
+    def __init__(self, size: int = 1000, interval: float = 0.02) -> None:
+        self.size, self.interval = size, interval
+        self.sent = 0
+        self.gone = threading.Event()
+
+    def __call__(self, handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(self.size))
+        handler.end_headers()
+        try:
+            for _ in range(self.size):
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+                self.sent += 1
+                if self.gone.wait(self.interval):  # paced by the server, for the client
+                    return
+        except OSError:
+            pass
+        handler.close_connection = True
+
+
+class Endless:
+    """A 200 with a chunked body that never ends: 64 KiB chunks until the client stops
+    reading (``sent`` counts the bytes that went out)."""
+
+    def __init__(self, limit: int = 1 << 30) -> None:
+        self.limit = limit
+        self.sent = 0
+
+    def __call__(self, handler: BaseHTTPRequestHandler) -> None:
+        chunk = b"{" * 65536
+        framed = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        try:
+            while self.sent < self.limit:
+                handler.wfile.write(framed)
+                self.sent += len(chunk)
+            handler.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass
+        handler.close_connection = True
+
+
+class Hang:
+    """Reads the request and never answers (until the server stops)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __call__(self, handler: BaseHTTPRequestHandler) -> None:
+        self.release.wait(timeout=60)
+        handler.close_connection = True
 
 
 class ScriptedSecretsManager(_Serving):
@@ -258,19 +330,35 @@ class FakeExtension(_Serving):
 
     ``honour_refresh_now`` decides whether ``refreshNow=true`` bypasses its cache (the
     Secrets Manager Agent does; whether the closed-source layer does is undocumented).
+    ``scripted`` answers go first: ``(status, body)`` (``{token}`` in the body becomes
+    the token the request carried) or a :data:`Behaviour`. A ``hostile`` stand-in echoes
+    the token it received in every error answer. ``port`` 0 picks a free one.
     """
 
     backend: Any
     token: str = SESSION_TOKEN
     honour_refresh_now: bool = True
     not_ready: int = 0
-    scripted: list[tuple[int, bytes]] = field(default_factory=list)
+    hostile: bool = False
+    port_wanted: int = 0
+    scripted: list[tuple[int, bytes] | Behaviour] = field(default_factory=list)
+    scripted_done: list[Behaviour] = field(default_factory=list)
     requests: list[ExtensionRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._cache: dict[tuple[str, str, str], bytes] = {}
         self._lock = threading.Lock()
-        _Serving.__init__(self)
+        _Serving.__init__(self, self.port_wanted)
+
+    def stop(self) -> None:
+        with self._lock:
+            behaviours = [*self.scripted, *self.scripted_done]
+        for behaviour in behaviours:  # let any answer still being written end
+            if isinstance(behaviour, Hang):
+                behaviour.release.set()
+            elif isinstance(behaviour, Trickle):
+                behaviour.gone.set()
+        _Serving.stop(self)
 
     def _record(self, path: str, params: dict[str, str], token: str | None, status: int) -> None:
         with self._lock:
@@ -278,16 +366,40 @@ class FakeExtension(_Serving):
 
     def respond(
         self, handler: BaseHTTPRequestHandler, body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
+    ) -> tuple[int, list[tuple[str, str]], bytes | Behaviour]:
         parts = urlsplit(handler.path)
         params = dict(parse_qsl(parts.query))
         token = handler.headers.get("X-Aws-Parameters-Secrets-Token")
-        status, payload = self._answer(parts.path, params, token)
+        answer = self._answer(parts.path, params, token)
+        if not isinstance(answer, tuple):
+            self._record(parts.path, params, token, 0)
+            return 0, [], answer
+        status, payload = answer
+        if token is not None:
+            payload = payload.replace(b"{token}", token.encode())
+            if self.hostile and status != 200:
+                payload = self._echo(payload, token)
         self._record(parts.path, params, token, status)
         content_type = "application/json" if payload.startswith(b"{") else "text/plain"
         return status, [("Content-Type", content_type)], payload
 
-    def _answer(self, path: str, params: dict[str, str], token: str | None) -> tuple[int, bytes]:
+    @staticmethod
+    def _echo(payload: bytes, token: str) -> bytes:
+        """The error answer with the token put in every text it has."""
+        try:
+            document = json.loads(payload)
+        except ValueError:
+            document = None
+        if isinstance(document, dict):
+            for name in ("__type", "message", "Message"):
+                if name in document:
+                    document[name] = f"{document[name]} {token}"
+            return json.dumps(document).encode()
+        return payload + b" (token " + token.encode() + b")"
+
+    def _answer(
+        self, path: str, params: dict[str, str], token: str | None
+    ) -> tuple[int, bytes] | Behaviour:
         if token is None:
             return 400, b"missing X-Aws-Parameters-Secrets-Token header"
         if token != self.token:
@@ -297,7 +409,10 @@ class FakeExtension(_Serving):
                 self.not_ready -= 1
                 return 400, b"not ready to serve traffic, please wait"
             if self.scripted:
-                return self.scripted.pop(0)
+                answer = self.scripted.pop(0)
+                if not isinstance(answer, tuple):
+                    self.scripted_done.append(answer)
+                return answer
         if path != "/secretsmanager/get":
             return 404, b"not found"
         secret_id = params.get("secretId")
@@ -352,3 +467,42 @@ def fake_extension(sm: Any) -> Iterator[Callable[..., FakeExtension]]:
     yield make
     for extension in started:
         extension.stop()
+
+
+# ---------------------------------------------------------------------- both drivers
+
+
+@dataclass(frozen=True)
+class Driver:
+    """Calls a provider through its blocking or its async methods, so that one test
+    runs every case through both."""
+
+    name: str
+
+    def fetch(self, provider: Any) -> Any:
+        if self.name == "sync":
+            return provider.fetch()
+        return asyncio.run(provider.afetch())
+
+    def refetch(self, provider: Any, rejected: Any) -> Any:
+        if self.name == "sync":
+            return provider.refetch(rejected)
+        return asyncio.run(provider.arefetch(rejected))
+
+
+@pytest.fixture(params=[Driver("sync"), Driver("async")], ids=lambda d: d.name)
+def drive(request: pytest.FixtureRequest) -> Driver:
+    """The sync driver, then the async one."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def behaviours() -> Any:
+    """The scripted behaviours of :class:`FakeExtension` (tests cannot import conftest)."""
+    return types.SimpleNamespace(Endless=Endless, Hang=Hang, Trickle=Trickle)
+
+
+@pytest.fixture
+def session_token() -> str:
+    """The token the extension stand-in expects (``AWS_SESSION_TOKEN`` in every test)."""
+    return SESSION_TOKEN
