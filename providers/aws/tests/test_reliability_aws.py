@@ -376,24 +376,26 @@ def test_botocore_debug_logs_aws_credentials_unless_redact_logging_is_on(
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_pre_fork_workers_each_build_a_boto3_client_and_follow_a_rotation(
-    api: FakeScalingAPI,
-    moto_endpoint: str,
-    sm: Any,
-    secret_name: str,
-    put: Callable[..., str],
-    boto_session: boto3.session.Session,
+    api: FakeScalingAPI, moto: Moto, boto_session: boto3.session.Session
 ) -> None:
+    # A thread that created an SSLContext and is exiting at the moment of fork() can
+    # leave one of OpenSSL's locks held in the child, whose first new thread
+    # then hangs in its own SSLContext (seen 1 run in 5 when the cache's warm-up fetch
+    # thread built the client just before the fork). So the parent builds its client in
+    # this thread, and moto runs in a process of its own (fewer threads in the parent).
     key = api.issue_key()
-    put(sm, secret_name, SecretString=key)
-    provider = SecretsManagerProvider(secret_name, endpoint_url=moto_endpoint, session=boto_session)
+    sm = admin(boto_session, moto.endpoint)
+    secret_name = "prod/scaling"
+    sm.create_secret(Name=secret_name, SecretString=key)
+    provider = SecretsManagerProvider(secret_name, endpoint_url=moto.endpoint, session=boto_session)
+    parent_client = provider._get_client()
     cache = KeyCache(provider, ttl=3600, min_refresh_interval=0)
     auth = ScalingAuth(cache)
-    cache.get()  # warm: the parent's boto3 client exists now
-    parent_client = provider._get_client()
+    cache.get()  # warm, with the parent's client
 
     def rotate(_: int) -> None:
         new = api.rotate()
-        put(sm, secret_name, SecretString=new)  # a new AWSCURRENT version ...
+        sm.put_secret_value(SecretId=secret_name, SecretString=new)  # a new AWSCURRENT ...
         api.revoke(key)  # ... then the old key is revoked
 
     run = run_prefork_rotation(
