@@ -730,8 +730,9 @@ class _Parser(argparse.ArgumentParser):
 # The grammar as docs/configuration.md spells it (tests/test_docs_uri_grammar.py checks).
 SOURCE_HELP = (
     "where the key comes from, as a source URI: env:NAME, file:/path[?field=F], "
-    "aws-sm:SECRET_ID[?field=F&region=R&stage=S&version_id=V], "
-    "aws-lambda-extension:SECRET_ID[?field=F&stage=S&version_id=V&port=P], "
+    "aws-sm:SECRET_ID[?field=F&region=R&stage=S&version_id=V&pending_fallback=true], "
+    "aws-lambda-extension:SECRET_ID[?field=F&stage=S&version_id=V&port=P&"
+    "pending_fallback=true], "
     "vault:PATH[?mount=M&field=F&kv=2&auth=...&role=R&auth_mount=A&namespace=N]; default: "
     "SCALING_API_KEY_SOURCE, else SCALING_API_KEY, else SCALING_API_KEY_FILE"
 )

@@ -429,6 +429,10 @@ class FakeExtension(_Serving):
             request["VersionId"] = params["versionId"]
         if params.get("versionStage"):
             request["VersionStage"] = params["versionStage"]
+        elif not params.get("versionId"):
+            # AWS's default, said out loud: moto's default version does not follow an
+            # AWSCURRENT moved by UpdateSecretVersionStage (finishSecret).
+            request["VersionStage"] = "AWSCURRENT"
         try:
             answer = self.backend.get_secret_value(**request)
         except ClientError as exc:

@@ -24,12 +24,15 @@ from urllib.parse import quote
 
 from scaling_credentials import (
     ApiKey,
+    ConfigurationError,
     InvalidKeyFormatError,
     Provider,
+    SecretNotFoundError,
     SourceURI,
 )
 from scaling_credentials.toolkit import (
     PerProcess,
+    flag,
     format_query,
     get_logger,
     port_number,
@@ -46,6 +49,7 @@ from ._extension_http import (
     ExtensionHTTP,
     RefreshNowRefused,
 )
+from ._pending import CURRENT_STAGE, PENDING_STAGE, pending_or_none, prefer_pending
 from ._values import key_from_secret
 
 __all__ = ["DEFAULT_PORT", "PORT_ENV", "TOKEN_HEADER", "LambdaExtensionProvider"]
@@ -67,6 +71,9 @@ class LambdaExtensionProvider(Provider):
       ``AWSCURRENT``); the key's ``version`` is the ``VersionId`` in the answer.
     * ``port``: the extension's port; default ``PARAMETERS_SECRETS_EXTENSION_HTTP_PORT``,
       else 2773.
+    * ``pending_fallback``: as for :class:`SecretsManagerProvider`: after a rejected key
+      that ``AWSCURRENT`` still holds, the ``AWSPENDING`` key when there is another one
+      (asked of the extension with ``versionStage=AWSPENDING``).
     * ``timeout``: seconds for one answer to arrive whole (the extension may call Secrets
       Manager on a cache miss); an answer over 256 KiB is refused unread past that.
     * ``ready_timeout``: right after a cold start the extension may answer "not ready"
@@ -87,6 +94,7 @@ class LambdaExtensionProvider(Provider):
         version_id: str | None = None,
         timeout: float = 10.0,
         ready_timeout: float = 3.0,
+        pending_fallback: bool = False,
     ) -> None:
         self.secret_id: str = text_option(secret_id, "secret_id") or ""
         self.field = text_option(field, "field", optional=True)
@@ -95,6 +103,14 @@ class LambdaExtensionProvider(Provider):
         self.port = _resolve_port(port, os.environ)
         self.timeout = seconds(timeout, "timeout", allow_zero=False)
         self.ready_timeout = seconds(ready_timeout, "ready_timeout")
+        self.pending_fallback = flag(pending_fallback, "pending_fallback")
+        if self.pending_fallback and (
+            self.version_id or self.version_stage not in (None, CURRENT_STAGE)
+        ):
+            raise ConfigurationError(
+                "pending_fallback applies to a source that reads AWSCURRENT; drop it, or "
+                "drop version_stage/version_id"
+            )
         self._http = ExtensionHTTP(
             port=self.port,
             timeout=self.timeout,
@@ -105,14 +121,15 @@ class LambdaExtensionProvider(Provider):
 
     @classmethod
     def from_uri(cls, uri: SourceURI) -> LambdaExtensionProvider:
-        """``aws-lambda-extension:SECRET_ID[?field=F&stage=S&version_id=V&port=P]``."""
-        uri.check_params(("field", "stage", "version_id", "port"))
+        """``aws-lambda-extension:SECRET_ID[?field=F&stage=S&version_id=V&port=P&pending_fallback=true]``."""
+        uri.check_params(("field", "stage", "version_id", "port", "pending_fallback"))
         port = uri.param("port")
         return cls(
             uri.require_path("a secret name or ARN"),
             field=uri.param("field"),
             version_stage=uri.param("stage"),
             version_id=uri.param("version_id"),
+            pending_fallback=uri.flag("pending_fallback"),
             port=port_number(port, "port= in an aws-lambda-extension: source URI")
             if port is not None
             else None,
@@ -124,12 +141,16 @@ class LambdaExtensionProvider(Provider):
         return self._http.url
 
     def describe(self) -> str:
+        return self._describe(self.version_stage, pending_fallback=self.pending_fallback)
+
+    def _describe(self, stage: str | None, *, pending_fallback: bool = False) -> str:
         query = format_query(
             [
                 ("field", self.field),
-                ("stage", self.version_stage),
+                ("stage", stage),
                 ("version_id", self.version_id),
                 ("port", str(self.port) if self.port != DEFAULT_PORT else None),
+                ("pending_fallback", "true" if pending_fallback else None),
             ]
         )
         return f"aws-lambda-extension:{self.secret_id}{query}"
@@ -147,6 +168,7 @@ class LambdaExtensionProvider(Provider):
             field=self.field,
             version_stage=self.version_stage or DEFAULT_STAGE,
             version_id=self.version_id,
+            pending_fallback=self.pending_fallback,
         )
 
     def _after_fresh_read(self, key: ApiKey, rejected: ApiKey) -> Provider | None:
@@ -172,12 +194,12 @@ class LambdaExtensionProvider(Provider):
 
     # ------------------------------------------------------------------ the exchange
 
-    def _exchange(self, refresh_now: bool) -> Exchange:
+    def _exchange(self, refresh_now: bool, stage: str | None = None) -> Exchange:
         query = [("secretId", self.secret_id)]
         if self.version_id:
             query.append(("versionId", self.version_id))
-        if self.version_stage:
-            query.append(("versionStage", self.version_stage))
+        if stage or self.version_stage:
+            query.append(("versionStage", stage or self.version_stage or ""))
         if refresh_now:
             query.append(("refreshNow", "true"))
         path = "/secretsmanager/get?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query)
@@ -186,7 +208,7 @@ class LambdaExtensionProvider(Provider):
     def _aws_error(self, code: str, message: str) -> Exception:
         return error_for_code(code, message, provider=self.describe(), secret_id=self.secret_id)
 
-    def _to_key(self, document: dict[str, Any]) -> ApiKey:
+    def _to_key(self, document: dict[str, Any], stage: str | None = None) -> ApiKey:
         secret_string = document.get("SecretString")
         secret_binary: bytes | None = None
         raw_binary = document.get("SecretBinary")
@@ -205,7 +227,7 @@ class LambdaExtensionProvider(Provider):
             secret_string,
             secret_binary,
             field=self.field,
-            source=self.describe(),
+            source=self._describe(stage) if stage else self.describe(),
             version=version if isinstance(version, str) else None,
         )
 
@@ -220,27 +242,55 @@ class LambdaExtensionProvider(Provider):
     def refetch(self, rejected: ApiKey) -> ApiKey:
         """Ask the extension with ``refreshNow=true`` (honoured by the AWS Secrets Manager
         Agent), so that its own cache is bypassed. If it still answers with the rejected
-        key (it ignored the parameter, or the secret really was not rotated yet) and boto3
-        is installed, read Secrets Manager directly. Keeps no state between calls."""
-        document: dict[str, Any] | None = None
-        try:
-            document = self._http.get(self._exchange(refresh_now=True))
-        except RefreshNowRefused:
-            pass  # asked again below, outside this block: no exception chained to its errors
-        if document is None:
-            document = self._http.get(self._exchange(refresh_now=False))
-        key = self._to_key(document)
+        key (it ignored the parameter, or the secret really was not rotated yet): with
+        ``pending_fallback``, the ``AWSPENDING`` key if there is another one; else, when
+        boto3 is installed, a direct read of Secrets Manager. Keeps no state between
+        calls."""
+        key = self._to_key(self._fresh())
+        if key != rejected:
+            return key
+        if self.pending_fallback:
+            pending = pending_or_none(
+                lambda: self._to_key(self._fresh(PENDING_STAGE), PENDING_STAGE)
+            )
+            if prefer_pending(key, rejected, pending) is pending:
+                return pending
         direct = self._after_fresh_read(key, rejected)
         return direct.refetch(rejected) if direct is not None else key
 
     async def arefetch(self, rejected: ApiKey) -> ApiKey:
-        document: dict[str, Any] | None = None
-        try:
-            document = await self._http.aget(self._exchange(refresh_now=True))
-        except RefreshNowRefused:
-            pass
-        if document is None:
-            document = await self._http.aget(self._exchange(refresh_now=False))
-        key = self._to_key(document)
+        key = self._to_key(await self._afresh())
+        if key != rejected:
+            return key
+        if self.pending_fallback:
+            document: dict[str, Any] | None = None
+            try:
+                document = await self._afresh(PENDING_STAGE)
+            except SecretNotFoundError:
+                pass
+            pending = (
+                pending_or_none(lambda: self._to_key(document, PENDING_STAGE))
+                if document is not None
+                else None
+            )
+            chosen = prefer_pending(key, rejected, pending)
+            if chosen is not key:
+                return chosen
         direct = self._after_fresh_read(key, rejected)
         return await direct.arefetch(rejected) if direct is not None else key
+
+    def _fresh(self, stage: str | None = None) -> dict[str, Any]:
+        """The answer to a request with ``refreshNow=true``, or without it when the
+        extension refuses that parameter."""
+        try:
+            return self._http.get(self._exchange(True, stage))
+        except RefreshNowRefused:
+            pass  # asked again below, outside this block: no exception chained to its errors
+        return self._http.get(self._exchange(False, stage))
+
+    async def _afresh(self, stage: str | None = None) -> dict[str, Any]:
+        try:
+            return await self._http.aget(self._exchange(True, stage))
+        except RefreshNowRefused:
+            pass
+        return await self._http.aget(self._exchange(False, stage))

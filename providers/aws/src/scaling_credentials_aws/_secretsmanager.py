@@ -19,6 +19,7 @@ from scaling_credentials import (
 )
 from scaling_credentials.toolkit import (
     PerProcess,
+    flag,
     format_query,
     seconds,
     text_option,
@@ -26,6 +27,7 @@ from scaling_credentials.toolkit import (
 )
 
 from ._aws_errors import error_for_code, short
+from ._pending import CURRENT_STAGE, PENDING_STAGE, pending_or_none, prefer_pending
 from ._values import key_from_secret
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_STAGE", "SecretsManagerProvider"]
 
-DEFAULT_STAGE = "AWSCURRENT"
+DEFAULT_STAGE = CURRENT_STAGE
 USER_AGENT_EXTRA = "scaling-credentials-aws/0.1.0"
 
 
@@ -58,6 +60,10 @@ class SecretsManagerProvider(Provider):
       shared config, ECS/EKS container credentials, IRSA, Pod Identity, Lambda role).
     * ``client``: a ready ``secretsmanager`` client to use instead (it is never rebuilt,
       not even after ``fork``).
+    * ``pending_fallback``: when the refetch that follows a rejected key finds that same
+      key still at ``AWSCURRENT`` and another one at ``AWSPENDING``, return the
+      ``AWSPENDING`` one (a rotation whose ``setSecret`` step revoked the old key before
+      ``finishSecret`` moved ``AWSCURRENT``). Plain fetches never read ``AWSPENDING``.
     * ``connect_timeout`` / ``read_timeout`` (seconds) and ``max_attempts`` (botocore's
       "standard" retry mode, counting the first try) bound one fetch to roughly
       ``max_attempts * (connect_timeout + read_timeout)`` plus backoff (at most 1 s, then
@@ -83,6 +89,7 @@ class SecretsManagerProvider(Provider):
         connect_timeout: float = 3.0,
         read_timeout: float = 5.0,
         max_attempts: int = 3,
+        pending_fallback: bool = False,
     ) -> None:
         self.secret_id: str = text_option(secret_id, "secret_id") or ""
         self.field = text_option(field, "field", optional=True)
@@ -97,30 +104,42 @@ class SecretsManagerProvider(Provider):
         self.connect_timeout = seconds(connect_timeout, "connect_timeout", allow_zero=False)
         self.read_timeout = seconds(read_timeout, "read_timeout", allow_zero=False)
         self.max_attempts = whole_number(max_attempts, "max_attempts", minimum=1)
+        self.pending_fallback = flag(pending_fallback, "pending_fallback")
+        if self.pending_fallback and (
+            self.version_id or self.version_stage not in (None, DEFAULT_STAGE)
+        ):
+            raise ConfigurationError(
+                "pending_fallback applies to a source that reads AWSCURRENT; drop it, or "
+                "drop version_stage/version_id"
+            )
         self._session = session
         self._given_client = client
         self._client: PerProcess[Any] = PerProcess(self._make_client)
 
     @classmethod
     def from_uri(cls, uri: SourceURI) -> SecretsManagerProvider:
-        """``aws-sm:SECRET_ID[?field=F&region=R&stage=S&version_id=V]``."""
-        uri.check_params(("field", "region", "stage", "version_id"))
+        """``aws-sm:SECRET_ID[?field=F&region=R&stage=S&version_id=V&pending_fallback=true]``."""
+        uri.check_params(("field", "region", "stage", "version_id", "pending_fallback"))
         return cls(
             uri.require_path("a secret name or ARN"),
             field=uri.param("field"),
             version_stage=uri.param("stage") or DEFAULT_STAGE,
             version_id=uri.param("version_id"),
             region_name=uri.param("region"),
+            pending_fallback=uri.flag("pending_fallback"),
         )
 
     def describe(self) -> str:
-        stage = self.version_stage if self.version_stage != DEFAULT_STAGE else None
+        return self._describe(self.version_stage, pending_fallback=self.pending_fallback)
+
+    def _describe(self, stage: str | None, *, pending_fallback: bool = False) -> str:
         query = format_query(
             [
                 ("field", self.field),
                 ("region", self.region_name),
-                ("stage", stage),
+                ("stage", stage if stage != DEFAULT_STAGE else None),
                 ("version_id", self.version_id),
+                ("pending_fallback", "true" if pending_fallback else None),
             ]
         )
         return f"aws-sm:{self.secret_id}{query}"
@@ -140,18 +159,37 @@ class SecretsManagerProvider(Provider):
         return params
 
     def fetch(self) -> ApiKey:
+        return self._read(self.request_params(), source=self.describe())
+
+    def _read(self, params: dict[str, str], *, source: str) -> ApiKey:
         client = self._get_client()
         try:
-            response = client.get_secret_value(**self.request_params())
+            response = client.get_secret_value(**params)
         except Exception as exc:
             raise self._error(exc) from exc
         return key_from_secret(
             response.get("SecretString"),
             response.get("SecretBinary"),
             field=self.field,
-            source=self.describe(),
+            source=source,
             version=response.get("VersionId"),
         )
+
+    def refetch(self, rejected: ApiKey) -> ApiKey:
+        """:meth:`fetch`; with ``pending_fallback``, the ``AWSPENDING`` key when
+        ``AWSCURRENT`` still holds ``rejected`` and ``AWSPENDING`` holds another key. That
+        key's ``version`` is the pending ``VersionId`` and its ``source`` ends in
+        ``stage=AWSPENDING``. Keeps no state between calls."""
+        key = self.fetch()
+        if not self.pending_fallback or key != rejected:
+            return key
+        pending = pending_or_none(
+            lambda: self._read(
+                {"SecretId": self.secret_id, "VersionStage": PENDING_STAGE},
+                source=self._describe(PENDING_STAGE),
+            )
+        )
+        return prefer_pending(key, rejected, pending)
 
     def _get_client(self) -> Any:
         if self._given_client is not None:
