@@ -731,8 +731,9 @@ class _Parser(argparse.ArgumentParser):
 SOURCE_HELP = (
     "where the key comes from, as a source URI: env:NAME, file:/path[?field=F], "
     "aws-sm:SECRET_ID[?field=F&region=R&stage=S&version_id=V&pending_fallback=true], "
+    "aws-ssm:NAME[?field=F&region=R], "
     "aws-lambda-extension:SECRET_ID[?field=F&stage=S&version_id=V&port=P&"
-    "pending_fallback=true], "
+    "pending_fallback=true], aws-lambda-extension:ssm:NAME[?field=F&port=P], "
     "vault:PATH[?mount=M&field=F&kv=2&auth=...&role=R&auth_mount=A&namespace=N]; default: "
     "SCALING_API_KEY_SOURCE, else SCALING_API_KEY, else SCALING_API_KEY_FILE"
 )

@@ -37,6 +37,7 @@ _AWS_VARIABLES_TO_CLEAR = (
     "AWS_REGION",
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+    "AWS_ENDPOINT_URL_SSM",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",
@@ -90,6 +91,23 @@ def secret_name(sm: Any) -> Iterator[str]:
     yield name
     try:
         sm.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+    except ClientError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def ssm(moto_endpoint: str, boto_session: boto3.session.Session) -> Any:
+    """An ssm client on the moto server, for arranging parameters."""
+    return boto_session.client("ssm", endpoint_url=moto_endpoint)
+
+
+@pytest.fixture
+def parameter_name(ssm: Any) -> Iterator[str]:
+    """A unique parameter name, deleted after the test."""
+    name = f"/scaling/{uuid.uuid4().hex[:12]}/api-key"
+    yield name
+    try:
+        ssm.delete_parameter(Name=name)
     except ClientError:
         pass
 
@@ -272,9 +290,9 @@ class Hang:
 
 
 class ScriptedSecretsManager(_Serving):
-    """Answers GetSecretValue with scripted AWS JSON-protocol answers (the last one
-    repeats), for error codes moto cannot produce: AccessDenied, DecryptionFailure,
-    throttling, internal errors."""
+    """Answers any AWS JSON-protocol request (Secrets Manager's, Systems Manager's) with
+    scripted answers (the last one repeats), for error codes moto cannot produce:
+    AccessDenied, DecryptionFailure, throttling, internal errors."""
 
     def __init__(self) -> None:
         self.answers: list[tuple[int, dict[str, Any]]] = []
@@ -332,10 +350,13 @@ class FakeExtension(_Serving):
     Secrets Manager Agent does; whether the closed-source layer does is undocumented).
     ``scripted`` answers go first: ``(status, body)`` (``{token}`` in the body becomes
     the token the request carried) or a :data:`Behaviour`. A ``hostile`` stand-in echoes
-    the token it received in every error answer. ``port`` 0 picks a free one.
+    the token it received in every error answer. ``port_wanted`` 0 picks a free one.
+    It serves Parameter Store parameters too (``GET /systemsmanager/parameters/get``),
+    read from ``parameters`` (an ssm client).
     """
 
     backend: Any
+    parameters: Any = None
     token: str = SESSION_TOKEN
     honour_refresh_now: bool = True
     not_ready: int = 0
@@ -413,6 +434,8 @@ class FakeExtension(_Serving):
                 if not isinstance(answer, tuple):
                     self.scripted_done.append(answer)
                 return answer
+        if path == "/systemsmanager/parameters/get":
+            return self._parameter(params)
         if path != "/secretsmanager/get":
             return 404, b"not found"
         secret_id = params.get("secretId")
@@ -436,11 +459,7 @@ class FakeExtension(_Serving):
         try:
             answer = self.backend.get_secret_value(**request)
         except ClientError as exc:
-            error = exc.response["Error"]
-            status = int(exc.response["ResponseMetadata"]["HTTPStatusCode"])
-            return status, json.dumps(
-                {"__type": error["Code"], "message": error.get("Message", "")}
-            ).encode()
+            return _error_answer(exc)
         document = {
             "ARN": answer["ARN"],
             "Name": answer["Name"],
@@ -457,14 +476,45 @@ class FakeExtension(_Serving):
             self._cache[cache_key] = payload
         return 200, payload
 
+    def _parameter(self, params: dict[str, str]) -> tuple[int, bytes]:
+        """``GET /systemsmanager/parameters/get?name=&withDecryption=``: GetParameter's
+        answer, cached like secrets (no refresh option: none is documented)."""
+        name = params.get("name")
+        if not name:
+            return 400, b"name is required"
+        decrypt = params.get("withDecryption") == "true"
+        cache_key = ("ssm", name, str(decrypt))
+        with self._lock:
+            cached = self._cache.get(cache_key)
+        if cached is not None:
+            return 200, cached
+        try:
+            answer = self.parameters.get_parameter(Name=name, WithDecryption=decrypt)
+        except ClientError as exc:
+            return _error_answer(exc)
+        parameter = dict(answer["Parameter"])
+        parameter["LastModifiedDate"] = parameter["LastModifiedDate"].timestamp()
+        payload = json.dumps({"Parameter": parameter, "ResultMetadata": {}}).encode()
+        with self._lock:
+            self._cache[cache_key] = payload
+        return 200, payload
+
+
+def _error_answer(exc: ClientError) -> tuple[int, bytes]:
+    """An AWS error as the extension passes it on: AWS's status, its type and message."""
+    error = exc.response["Error"]
+    status = int(exc.response["ResponseMetadata"]["HTTPStatusCode"])
+    body = {"__type": error["Code"], "message": error.get("Message", "")}
+    return status, json.dumps(body).encode()
+
 
 @pytest.fixture
-def fake_extension(sm: Any) -> Iterator[Callable[..., FakeExtension]]:
+def fake_extension(sm: Any, ssm: Any) -> Iterator[Callable[..., FakeExtension]]:
     """A factory of started :class:`FakeExtension` servers, stopped after the test."""
     started: list[FakeExtension] = []
 
     def make(**options: Any) -> FakeExtension:
-        extension = FakeExtension(sm, **options)
+        extension = FakeExtension(sm, ssm, **options)
         started.append(extension)
         return extension
 

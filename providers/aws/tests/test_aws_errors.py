@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from scaling_credentials import ProviderError
 from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
-from scaling_credentials_aws._aws_errors import error_for_code, short
+from scaling_credentials_aws._aws_errors import SECRETS_MANAGER, error_for_code, short
 
 KEY = good_value("errors")
 
@@ -31,7 +31,12 @@ def test_short_makes_one_line() -> None:
 
 def test_aws_words_with_a_key_reach_the_error_masked() -> None:
     error = error_for_code(
-        "AccessDeniedException", f"denied for {KEY}", provider="aws-sm:x", secret_id="x"
+        "AccessDeniedException",
+        f"denied for {KEY}",
+        service=SECRETS_MANAGER,
+        operation="GetSecretValue",
+        provider="aws-sm:x",
+        name="x",
     )
     assert type(error) is ProviderError
     assert "denied for scl_live_****" in str(error)

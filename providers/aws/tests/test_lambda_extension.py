@@ -245,6 +245,8 @@ def test_importing_the_package_and_fetching_through_the_extension_never_import_b
         "import scaling_credentials_aws as aws\n"
         "from scaling_credentials import provider_from_uri\n"
         "aws.SecretsManagerProvider('prod/scaling'); provider_from_uri('aws-sm:prod/scaling')\n"
+        "aws.ParameterStoreProvider('/prod/x'); provider_from_uri('aws-ssm:/prod/x')\n"
+        "provider_from_uri('aws-lambda-extension:ssm:/prod/x')\n"
         "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules\n"
         f"provider = provider_from_uri('aws-lambda-extension:{secret_name}')\n"
         f"key = aws.LambdaExtensionProvider({secret_name!r}, port={extension.port}).fetch()\n"

@@ -1,15 +1,19 @@
-"""scaling-credentials-aws: Scaling API keys from AWS Secrets Manager.
+"""scaling-credentials-aws: Scaling API keys from AWS Secrets Manager and Systems Manager
+Parameter Store.
 
 * :class:`SecretsManagerProvider` reads the key with boto3's ``GetSecretValue``
   (source URI ``aws-sm:SECRET_ID``).
-* :class:`LambdaExtensionProvider` reads it through the AWS Parameters and Secrets Lambda
-  Extension on localhost (source URI ``aws-lambda-extension:SECRET_ID``), without
-  importing boto3.
+* :class:`ParameterStoreProvider` reads it with boto3's ``GetParameter``, decrypted
+  (source URI ``aws-ssm:NAME``).
+* :class:`LambdaExtensionProvider` reads either through the AWS Parameters and Secrets
+  Lambda Extension on localhost (source URIs ``aws-lambda-extension:SECRET_ID`` and
+  ``aws-lambda-extension:ssm:NAME``), without importing boto3.
 
 Importing this package imports neither boto3 nor botocore.
 """
 
 from ._lambda_extension import LambdaExtensionProvider
+from ._parameterstore import ParameterStoreProvider
 from ._secretsmanager import SecretsManagerProvider
 
-__all__ = ["LambdaExtensionProvider", "SecretsManagerProvider"]
+__all__ = ["LambdaExtensionProvider", "ParameterStoreProvider", "SecretsManagerProvider"]

@@ -1,6 +1,7 @@
-"""Secrets Manager error codes -> the contract's error types, with hints.
+"""AWS error codes -> the contract's error types, with hints, for Secrets Manager and
+Parameter Store alike.
 
-Shared by the boto3 provider (codes from botocore's ``ClientError``) and the Lambda
+Shared by the boto3 providers (codes from botocore's ``ClientError``) and the Lambda
 extension provider (codes from the extension's JSON error bodies). It never imports
 botocore: the extension provider must not pay for it.
 """
@@ -8,11 +9,53 @@ botocore: the extension provider must not pay for it.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from scaling_credentials import ProviderError, SecretNotFoundError
 from scaling_credentials.toolkit import redact
 
-__all__ = ["error_for_code", "short"]
+__all__ = ["PARAMETER_STORE", "SECRETS_MANAGER", "Service", "error_for_code", "short"]
+
+
+class Service(NamedTuple):
+    """What the messages need to know about an AWS service."""
+
+    #: boto3's client name, the ARN's service part and the IAM action prefix.
+    client: str
+    #: The service's name in messages.
+    title: str
+    #: What it holds: ``secret`` or ``parameter``.
+    kind: str
+    #: The scheme of its source URI.
+    scheme: str
+    #: Error codes meaning "no such secret / parameter (or version)".
+    not_found: frozenset[str]
+    #: The KMS permissions each operation needs with a customer-managed key.
+    kms: dict[str, str]
+
+
+SECRETS_MANAGER = Service(
+    client="secretsmanager",
+    title="Secrets Manager",
+    kind="secret",
+    scheme="aws-sm",
+    not_found=frozenset({"ResourceNotFoundException"}),
+    kms={
+        "GetSecretValue": "kms:Decrypt",
+        "PutSecretValue": "kms:GenerateDataKey and kms:Decrypt",
+    },
+)
+PARAMETER_STORE = Service(
+    client="ssm",
+    title="Parameter Store",
+    kind="parameter",
+    scheme="aws-ssm",
+    not_found=frozenset({"ParameterNotFound", "ParameterVersionNotFound"}),
+    kms={
+        "GetParameter": "kms:Decrypt",
+        "PutParameter": "kms:Encrypt (kms:GenerateDataKey for an advanced parameter)",
+    },
+)
 
 _THROTTLING = frozenset(
     {
@@ -21,6 +64,7 @@ _THROTTLING = frozenset(
         "TooManyRequestsException",
         "RequestLimitExceeded",
         "ProvisionedThroughputExceededException",
+        "TooManyUpdates",
     }
 )
 _BAD_CREDENTIALS = frozenset(
@@ -36,6 +80,10 @@ _BAD_CREDENTIALS = frozenset(
     }
 )
 _ACCESS_DENIED = frozenset({"AccessDeniedException", "AccessDenied", "KMSAccessDeniedException"})
+_KMS_FAILURES = frozenset({"DecryptionFailure", "EncryptionFailure", "InvalidKeyId"})
+_INTERNAL = frozenset(
+    {"InternalServiceError", "InternalServerError", "InternalFailure", "ServiceUnavailable"}
+)
 
 
 def short(text: str, limit: int = 300, *, secrets: Iterable[str] = ()) -> str:
@@ -52,49 +100,59 @@ def error_for_code(
     code: str,
     message: str,
     *,
+    service: Service,
+    operation: str,
     provider: str,
-    secret_id: str,
+    name: str,
     attempts: int | None = None,
 ) -> ProviderError:
-    """The error to raise for a Secrets Manager error ``code`` (``message`` is AWS's own
-    text, which names ARNs and actions but never a secret value)."""
+    """The error to raise for the AWS error ``code`` that ``operation`` (``GetSecretValue``,
+    ``PutParameter``, ...) met on the secret or parameter ``name`` (``message`` is AWS's
+    own text, which names ARNs and actions but never a secret value)."""
     code = code.rpartition("#")[2]  # "com.amazonaws...#ResourceNotFoundException"
     said = f" (AWS said: {short(message)})" if message else ""
     tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
     lowered = message.lower()
-    if code == "ResourceNotFoundException":
+    what = f"{service.kind} {name!r}"
+    action = f"{service.client}:{operation}"
+    kms = service.kms.get(operation)
+    if code in service.not_found:
+        selector = (
+            "the version stage or id" if service is SECRETS_MANAGER else "any :version or :label"
+        )
         return SecretNotFoundError(
-            f"{provider}: Secrets Manager has no secret {secret_id!r} (or no version with the "
-            f"requested stage or id) in this account and region{said}; check the name or ARN, "
-            "the region, and the version stage or id",
+            f"{provider}: {service.title} has no {what} (or no such version) in this account "
+            f"and region{said}; check the name or ARN, the region, and {selector}",
             provider=provider,
         )
     if code == "InvalidRequestException" and ("deleted" in lowered or "deletion" in lowered):
         return SecretNotFoundError(
-            f"{provider}: secret {secret_id!r} is marked for deletion{said}; restore it with "
+            f"{provider}: {what} is marked for deletion{said}; restore it with "
             "`aws secretsmanager restore-secret` or point the source at the new secret",
             provider=provider,
         )
     if code in _ACCESS_DENIED:
+        grant = f" and {kms} on its KMS key when that is a customer-managed key" if kms else ""
+        policies = "the secret's resource policy, " if service is SECRETS_MANAGER else ""
         return ProviderError(
-            f"{provider}: access denied reading secret {secret_id!r}{said}; the role needs "
-            "secretsmanager:GetSecretValue on the secret's ARN, and kms:Decrypt on its KMS key "
-            "when the secret is encrypted with a customer-managed key (check also the secret's "
-            "resource policy, the key policy and any SCP or permission boundary)",
+            f"{provider}: access denied: {operation} on {what}{said}; the role needs {action} "
+            f"on the {service.kind}'s ARN{grant} (check also {policies}the key policy and any "
+            "SCP or permission boundary)",
             provider=provider,
         )
-    if code == "DecryptionFailure":
+    if code in _KMS_FAILURES:
+        grant = kms or "kms:Decrypt"
         return ProviderError(
-            f"{provider}: Secrets Manager could not decrypt secret {secret_id!r} with its KMS "
-            f"key{said}; grant kms:Decrypt on that key to this role (in the key policy or IAM) "
-            "and check that the key is enabled and not pending deletion",
+            f"{provider}: {service.title} could not use the KMS key of {what} ({code}){said}; "
+            f"grant {grant} on that key to this role (in the key policy or IAM) and check "
+            "that the key exists, is enabled and is not pending deletion",
             provider=provider,
         )
     if code in _THROTTLING:
         return ProviderError(
-            f"{provider}: Secrets Manager throttled GetSecretValue for {secret_id!r}{tries}"
-            f"{said}; the cache retries with backoff, and a longer ttl or fewer processes "
-            "fetching the key lower the request rate",
+            f"{provider}: {service.title} throttled {operation} for {name!r}{tries}{said}; "
+            "the cache retries with backoff, and a longer ttl or fewer processes fetching the "
+            "key lower the request rate",
             provider=provider,
         )
     if code in _BAD_CREDENTIALS:
@@ -104,13 +162,13 @@ def error_for_code(
             "picks up (AWS_PROFILE, environment, IRSA/Pod Identity, instance or Lambda role)",
             provider=provider,
         )
-    if code in ("InternalServiceError", "InternalFailure", "ServiceUnavailable"):
+    if code in _INTERNAL:
         return ProviderError(
-            f"{provider}: Secrets Manager failed internally ({code}){tries}{said}; the "
+            f"{provider}: {service.title} failed internally ({code}){tries}{said}; the "
             "cache retries with backoff",
             provider=provider,
         )
     return ProviderError(
-        f"{provider}: GetSecretValue for {secret_id!r} failed with {code}{tries}{said}",
+        f"{provider}: {operation} for {name!r} failed with {code}{tries}{said}",
         provider=provider,
     )

@@ -1,15 +1,17 @@
 """LambdaExtensionProvider: the key from the AWS Parameters and Secrets Lambda Extension.
 
-The extension (a Lambda layer) serves ``GET /secretsmanager/get?secretId=...`` on
-``localhost:2773`` (``PARAMETERS_SECRETS_EXTENSION_HTTP_PORT``), checks the
-``X-Aws-Parameters-Secrets-Token`` header against the execution environment's
-``AWS_SESSION_TOKEN``, and answers with GetSecretValue's JSON. It caches each secret for
-its own TTL (``SECRETS_MANAGER_TTL``, 300 s by default) and has no invalidation, so after
-the API rejects a key this provider asks again with ``refreshNow=true`` (honoured by the
-AWS Secrets Manager Agent, which runs as the same kind of extension) and, when the
-answer is still the rejected key, reads Secrets Manager directly through boto3 if it is
-installed. Plain fetches never import boto3. The HTTP exchange itself (retries while the
-extension starts, the capped read, redaction of the token) is in ``_extension_http``.
+The extension (a Lambda layer) serves ``GET /secretsmanager/get?secretId=...`` (answered
+with GetSecretValue's JSON) and ``GET /systemsmanager/parameters/get?name=...`` (answered
+with GetParameter's) on ``localhost:2773`` (``PARAMETERS_SECRETS_EXTENSION_HTTP_PORT``),
+and checks the ``X-Aws-Parameters-Secrets-Token`` header against the execution
+environment's ``AWS_SESSION_TOKEN``. It caches each value for its own TTL
+(``SECRETS_MANAGER_TTL``, ``SSM_PARAMETER_STORE_TTL``: 300 s by default) and has no
+invalidation. So after the API rejects a key this provider asks again, for a secret with
+``refreshNow=true`` (honoured by the AWS Secrets Manager Agent, which runs as the same kind
+of extension; parameters have no such option), and, when the answer is still the rejected
+key, reads Secrets Manager or Parameter Store directly through boto3 if it is installed.
+Plain fetches never import boto3. The HTTP exchange itself (retries while the extension
+starts, the capped read, redaction of the token) is in ``_extension_http``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import importlib.util
 import os
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from scaling_credentials import (
     ApiKey,
@@ -32,7 +34,6 @@ from scaling_credentials import (
 )
 from scaling_credentials.toolkit import (
     PerProcess,
-    flag,
     format_query,
     get_logger,
     port_number,
@@ -40,7 +41,7 @@ from scaling_credentials.toolkit import (
     text_option,
 )
 
-from ._aws_errors import error_for_code
+from ._aws_errors import PARAMETER_STORE, SECRETS_MANAGER, error_for_code
 from ._extension_http import (
     DEFAULT_PORT,
     PORT_ENV,
@@ -49,10 +50,25 @@ from ._extension_http import (
     ExtensionHTTP,
     RefreshNowRefused,
 )
-from ._pending import CURRENT_STAGE, PENDING_STAGE, pending_or_none, prefer_pending
-from ._values import key_from_secret
+from ._pending import (
+    CURRENT_STAGE,
+    PENDING_STAGE,
+    pending_fallback_option,
+    pending_or_none,
+    prefer_pending,
+)
+from ._values import key_from_secret, key_from_text
 
-__all__ = ["DEFAULT_PORT", "PORT_ENV", "TOKEN_HEADER", "LambdaExtensionProvider"]
+__all__ = [
+    "DEFAULT_PORT",
+    "PARAMETER_PREFIX",
+    "PORT_ENV",
+    "TOKEN_HEADER",
+    "LambdaExtensionProvider",
+]
+
+#: ``aws-lambda-extension:ssm:NAME`` reads the Parameter Store parameter NAME.
+PARAMETER_PREFIX = "ssm"
 
 logger = get_logger("scaling_credentials.aws")
 
@@ -66,9 +82,12 @@ def _resolve_port(port: int | str | None, environ: Mapping[str, str]) -> int:
 class LambdaExtensionProvider(Provider):
     """Reads the key through the AWS Parameters and Secrets Lambda Extension.
 
-    * ``secret_id``: the secret's name or ARN; ``field``: a field of a JSON secret.
-    * ``version_stage`` / ``version_id``: which version (the extension's default is
-      ``AWSCURRENT``); the key's ``version`` is the ``VersionId`` in the answer.
+    * ``secret_id``: the secret's name or ARN, or ``ssm:`` and a Parameter Store
+      parameter's name (``ssm:/prod/scaling/api-key``, read with decryption);
+      ``field``: a field of a JSON value.
+    * ``version_stage`` / ``version_id``: which version of a secret (the extension's
+      default is ``AWSCURRENT``); the key's ``version`` is the ``VersionId`` in the answer
+      (for a parameter: its ``Version``).
     * ``port``: the extension's port; default ``PARAMETERS_SECRETS_EXTENSION_HTTP_PORT``,
       else 2773.
     * ``pending_fallback``: as for :class:`SecretsManagerProvider`: after a rejected key
@@ -97,20 +116,25 @@ class LambdaExtensionProvider(Provider):
         pending_fallback: bool = False,
     ) -> None:
         self.secret_id: str = text_option(secret_id, "secret_id") or ""
+        kind, colon, name = self.secret_id.partition(":")
+        #: The parameter's name for an ``ssm:`` source, else ``None`` (a secret).
+        self.parameter: str | None = None
+        if kind == PARAMETER_PREFIX and colon:
+            self.parameter = text_option(name, "the parameter name after ssm:")
         self.field = text_option(field, "field", optional=True)
         self.version_stage = text_option(version_stage, "version_stage", optional=True)
         self.version_id = text_option(version_id, "version_id", optional=True)
+        if self.parameter is not None and (version_stage or version_id or pending_fallback):
+            raise ConfigurationError(
+                "version_stage, version_id and pending_fallback apply to secrets, not to an "
+                "ssm: parameter (select a parameter's version as ssm:NAME:VERSION)"
+            )
         self.port = _resolve_port(port, os.environ)
         self.timeout = seconds(timeout, "timeout", allow_zero=False)
         self.ready_timeout = seconds(ready_timeout, "ready_timeout")
-        self.pending_fallback = flag(pending_fallback, "pending_fallback")
-        if self.pending_fallback and (
-            self.version_id or self.version_stage not in (None, CURRENT_STAGE)
-        ):
-            raise ConfigurationError(
-                "pending_fallback applies to a source that reads AWSCURRENT; drop it, or "
-                "drop version_stage/version_id"
-            )
+        self.pending_fallback = pending_fallback_option(
+            pending_fallback, version_stage=self.version_stage, version_id=self.version_id
+        )
         self._http = ExtensionHTTP(
             port=self.port,
             timeout=self.timeout,
@@ -121,11 +145,16 @@ class LambdaExtensionProvider(Provider):
 
     @classmethod
     def from_uri(cls, uri: SourceURI) -> LambdaExtensionProvider:
-        """``aws-lambda-extension:SECRET_ID[?field=F&stage=S&version_id=V&port=P&pending_fallback=true]``."""
-        uri.check_params(("field", "stage", "version_id", "port", "pending_fallback"))
+        """``aws-lambda-extension:SECRET_ID[?field=F&stage=S&version_id=V&port=P&pending_fallback=true]``
+        or ``aws-lambda-extension:ssm:NAME[?field=F&port=P]``."""
+        path = uri.require_path("a secret name or ARN, or ssm: and a parameter name")
+        if path.startswith("ssm:"):  # PARAMETER_PREFIX: a parameter has no stage or version id
+            uri.check_params(("field", "port"))
+        else:
+            uri.check_params(("field", "stage", "version_id", "port", "pending_fallback"))
         port = uri.param("port")
         return cls(
-            uri.require_path("a secret name or ARN"),
+            path,
             field=uri.param("field"),
             version_stage=uri.param("stage"),
             version_id=uri.param("version_id"),
@@ -155,46 +184,13 @@ class LambdaExtensionProvider(Provider):
         )
         return f"aws-lambda-extension:{self.secret_id}{query}"
 
-    # ------------------------------------------------------------------ rotation
-
-    def _make_direct(self) -> Provider | None:
-        """The boto3 provider for a direct read, or ``None`` without boto3."""
-        if importlib.util.find_spec("boto3") is None:
-            return None
-        from ._secretsmanager import DEFAULT_STAGE, SecretsManagerProvider
-
-        return SecretsManagerProvider(
-            self.secret_id,
-            field=self.field,
-            version_stage=self.version_stage or DEFAULT_STAGE,
-            version_id=self.version_id,
-            pending_fallback=self.pending_fallback,
-        )
-
-    def _after_fresh_read(self, key: ApiKey, rejected: ApiKey) -> Provider | None:
-        if key != rejected:
-            return None
-        direct = self._direct.get()
-        if direct is None:
-            logger.warning(
-                "%s still serves the rejected key %s after refreshNow and boto3 is not "
-                "installed for a direct read; the extension's cache refreshes after its TTL "
-                "(SECRETS_MANAGER_TTL)",
-                self.describe(),
-                key.masked,
-            )
-            return None
-        logger.info(
-            "%s still serves the rejected key %s after refreshNow; reading Secrets Manager "
-            "directly",
-            self.describe(),
-            key.masked,
-        )
-        return direct
-
     # ------------------------------------------------------------------ the exchange
 
     def _exchange(self, refresh_now: bool, stage: str | None = None) -> Exchange:
+        if self.parameter is not None:
+            query = [("name", self.parameter), ("withDecryption", "true")]
+            path = "/systemsmanager/parameters/get?" + urlencode(query, quote_via=quote)
+            return Exchange(path, "parameter", False, self._aws_error)
         query = [("secretId", self.secret_id)]
         if self.version_id:
             query.append(("versionId", self.version_id))
@@ -202,34 +198,117 @@ class LambdaExtensionProvider(Provider):
             query.append(("versionStage", stage or self.version_stage or ""))
         if refresh_now:
             query.append(("refreshNow", "true"))
-        path = "/secretsmanager/get?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query)
+        path = "/secretsmanager/get?" + urlencode(query, quote_via=quote)
         return Exchange(path, "secret", refresh_now, self._aws_error)
 
     def _aws_error(self, code: str, message: str) -> Exception:
-        return error_for_code(code, message, provider=self.describe(), secret_id=self.secret_id)
+        if self.parameter is not None:
+            service, operation, name = PARAMETER_STORE, "GetParameter", self.parameter
+        else:
+            service, operation, name = SECRETS_MANAGER, "GetSecretValue", self.secret_id
+        return error_for_code(
+            code,
+            message,
+            service=service,
+            operation=operation,
+            provider=self.describe(),
+            name=name,
+        )
 
     def _to_key(self, document: dict[str, Any], stage: str | None = None) -> ApiKey:
+        source = self._describe(stage) if stage else self.describe()
+        if self.parameter is not None:
+            parameter = document.get("Parameter")
+            value = parameter.get("Value") if isinstance(parameter, dict) else None
+            if not isinstance(value, str):
+                raise InvalidKeyFormatError(
+                    f"{source}: the extension's answer has no Parameter.Value string"
+                )
+            version = parameter.get("Version") if isinstance(parameter, dict) else None
+            return key_from_text(
+                value,
+                field=self.field,
+                source=source,
+                version=str(version) if isinstance(version, int) else None,
+            )
         secret_string = document.get("SecretString")
         secret_binary: bytes | None = None
         raw_binary = document.get("SecretBinary")
         if secret_string is not None and not isinstance(secret_string, str):
-            raise InvalidKeyFormatError(f"{self.describe()}: SecretString is not a string")
+            raise InvalidKeyFormatError(f"{source}: SecretString is not a string")
         if secret_string is None and raw_binary is not None:
             try:
                 # The JSON form of GetSecretValue carries SecretBinary base64-encoded.
                 secret_binary = base64.b64decode(str(raw_binary), validate=True)
             except (binascii.Error, ValueError):
                 raise InvalidKeyFormatError(
-                    f"{self.describe()}: SecretBinary in the extension's answer is not base64"
+                    f"{source}: SecretBinary in the extension's answer is not base64"
                 ) from None
         version = document.get("VersionId")
         return key_from_secret(
             secret_string,
             secret_binary,
             field=self.field,
-            source=self._describe(stage) if stage else self.describe(),
+            source=source,
             version=version if isinstance(version, str) else None,
         )
+
+    # ------------------------------------------------------------------ past the cache
+
+    def _stale(self, key: ApiKey, rejected: ApiKey) -> bool:
+        """Whether the extension's ``key`` is no answer to ``rejected``: the same key, or
+        an older version of a parameter (its cache outlived two rotations; a parameter's
+        versions are increasing numbers, a secret's are not ordered)."""
+        if key == rejected:
+            return True
+        if self.parameter is None or key.version is None or rejected.version is None:
+            return False
+        older, newer = key.version, rejected.version
+        return older.isdigit() and newer.isdigit() and int(older) < int(newer)
+
+    def _make_direct(self) -> Provider | None:
+        """The boto3 provider for a direct read, or ``None`` without boto3."""
+        if importlib.util.find_spec("boto3") is None:
+            return None
+        if self.parameter is not None:
+            from ._parameterstore import ParameterStoreProvider
+
+            return ParameterStoreProvider(self.parameter, field=self.field)
+        from ._secretsmanager import SecretsManagerProvider
+
+        return SecretsManagerProvider(
+            self.secret_id,
+            field=self.field,
+            version_stage=self.version_stage or CURRENT_STAGE,
+            version_id=self.version_id,
+            pending_fallback=self.pending_fallback,
+        )
+
+    def _direct_reader(self, key: ApiKey) -> Provider | None:
+        """The boto3 provider to ask when the extension's answer ``key`` is stale, or
+        ``None`` (and a warning) without boto3."""
+        kind = "parameter" if self.parameter is not None else "secret"
+        direct = self._direct.get()
+        if direct is None:
+            ttl = "SSM_PARAMETER_STORE_TTL" if self.parameter is not None else "SECRETS_MANAGER_TTL"
+            logger.warning(
+                "%s still serves the rejected key %s (or an older one), and boto3 is not "
+                "installed for a direct read; the extension's cache refreshes the %s after its "
+                "TTL (%s)",
+                self.describe(),
+                key.masked,
+                kind,
+                ttl,
+            )
+            return None
+        logger.info(
+            "%s still serves the rejected key %s (or an older one); reading the %s directly (%s)",
+            self.describe(),
+            key.masked,
+            kind,
+            direct.describe(),
+        )
+        return direct
 
     # ------------------------------------------------------------------ fetching
 
@@ -240,27 +319,29 @@ class LambdaExtensionProvider(Provider):
         return self._to_key(await self._http.aget(self._exchange(refresh_now=False)))
 
     def refetch(self, rejected: ApiKey) -> ApiKey:
-        """Ask the extension with ``refreshNow=true`` (honoured by the AWS Secrets Manager
-        Agent), so that its own cache is bypassed. If it still answers with the rejected
-        key (it ignored the parameter, or the secret really was not rotated yet): with
-        ``pending_fallback``, the ``AWSPENDING`` key if there is another one; else, when
-        boto3 is installed, a direct read of Secrets Manager. Keeps no state between
-        calls."""
+        """Ask the extension again past its cache: a secret with ``refreshNow=true``
+        (honoured by the AWS Secrets Manager Agent), a parameter plainly (no such option
+        is documented for parameters). If it still answers with the rejected key (or an
+        older parameter version): with ``pending_fallback``, the ``AWSPENDING`` key if
+        there is another one; else, when boto3 is installed, a direct read of Secrets
+        Manager or Parameter Store. Keeps no state between calls."""
         key = self._to_key(self._fresh())
-        if key != rejected:
+        if not self._stale(key, rejected):
             return key
         if self.pending_fallback:
-            pending = pending_or_none(
-                lambda: self._to_key(self._fresh(PENDING_STAGE), PENDING_STAGE)
+            chosen = prefer_pending(
+                key,
+                rejected,
+                pending_or_none(lambda: self._to_key(self._fresh(PENDING_STAGE), PENDING_STAGE)),
             )
-            if prefer_pending(key, rejected, pending) is pending:
-                return pending
-        direct = self._after_fresh_read(key, rejected)
+            if chosen is not key:
+                return chosen
+        direct = self._direct_reader(key)
         return direct.refetch(rejected) if direct is not None else key
 
     async def arefetch(self, rejected: ApiKey) -> ApiKey:
         key = self._to_key(await self._afresh())
-        if key != rejected:
+        if not self._stale(key, rejected):
             return key
         if self.pending_fallback:
             document: dict[str, Any] | None = None
@@ -276,7 +357,7 @@ class LambdaExtensionProvider(Provider):
             chosen = prefer_pending(key, rejected, pending)
             if chosen is not key:
                 return chosen
-        direct = self._after_fresh_read(key, rejected)
+        direct = self._direct_reader(key)
         return await direct.arefetch(rejected) if direct is not None else key
 
     def _fresh(self, stage: str | None = None) -> dict[str, Any]:

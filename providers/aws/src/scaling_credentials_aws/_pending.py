@@ -12,15 +12,40 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from scaling_credentials import ApiKey, InvalidKeyFormatError, SecretNotFoundError
-from scaling_credentials.toolkit import get_logger
+from scaling_credentials import (
+    ApiKey,
+    ConfigurationError,
+    InvalidKeyFormatError,
+    SecretNotFoundError,
+)
+from scaling_credentials.toolkit import flag, get_logger
 
-__all__ = ["CURRENT_STAGE", "PENDING_STAGE", "pending_or_none", "prefer_pending"]
+__all__ = [
+    "CURRENT_STAGE",
+    "PENDING_STAGE",
+    "pending_fallback_option",
+    "pending_or_none",
+    "prefer_pending",
+]
 
 logger = get_logger("scaling_credentials.aws")
 
 CURRENT_STAGE = "AWSCURRENT"
 PENDING_STAGE = "AWSPENDING"
+
+
+def pending_fallback_option(
+    value: object, *, version_stage: str | None, version_id: str | None
+) -> bool:
+    """The ``pending_fallback`` option, checked: it applies to a source reading
+    ``AWSCURRENT`` only."""
+    enabled = flag(value, "pending_fallback")
+    if enabled and (version_id or version_stage not in (None, CURRENT_STAGE)):
+        raise ConfigurationError(
+            "pending_fallback applies to a source that reads AWSCURRENT; drop it, or drop "
+            "version_stage/version_id"
+        )
+    return enabled
 
 
 def pending_or_none(read: Callable[[], ApiKey]) -> ApiKey | None:

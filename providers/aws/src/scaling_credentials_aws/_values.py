@@ -1,11 +1,11 @@
-"""Turning a GetSecretValue answer into an ApiKey, with leak-safe errors."""
+"""Turning a GetSecretValue or GetParameter answer into an ApiKey, with leak-safe errors."""
 
 from __future__ import annotations
 
 from scaling_credentials import ApiKey, InvalidKeyFormatError
 from scaling_credentials.toolkit import decode_text, field_from_json, make_key
 
-__all__ = ["key_from_secret"]
+__all__ = ["key_from_secret", "key_from_text"]
 
 
 def key_from_secret(
@@ -30,6 +30,11 @@ def key_from_secret(
         raise InvalidKeyFormatError(
             f"{source}: the secret version holds neither SecretString nor SecretBinary"
         )
+    return key_from_text(text, field=field, source=source, version=version)
+
+
+def key_from_text(text: str, *, field: str | None, source: str, version: str | None) -> ApiKey:
+    """The key in ``text``, or in its JSON field ``field``."""
     if field is not None:
         text = field_from_json(text, field, name=source)
     return make_key(text, source=source, version=version)
