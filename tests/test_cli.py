@@ -453,7 +453,7 @@ def test_check_wrong_base_path_is_a_configuration_error(
 def test_providers_lists_first_party_schemes(run_main: RunMain) -> None:
     proc = run_cli("providers")
     assert proc.returncode == 0, proc.stderr
-    for scheme in ("env", "file", "aws-sm", "aws-lambda-extension", "vault"):
+    for scheme in ("env", "file", "aws-sm", "aws-ssm", "aws-lambda-extension", "vault"):
         assert scheme in proc.stdout
     assert "All first-party schemes are installed." in proc.stdout
     as_json = run_main("providers", "--json")
@@ -565,6 +565,7 @@ def test_providers_says_what_to_install_for_missing_first_party_schemes(
     document = json.loads(run_main("providers", "--json").stdout)
     assert {item["scheme"] for item in document["missing"]} == {
         "aws-sm",
+        "aws-ssm",
         "aws-lambda-extension",
         "vault",
     }

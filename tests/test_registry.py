@@ -263,6 +263,7 @@ def _hide_distribution(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     ("uri", "distribution", "extra"),
     [
         ("aws-sm:prod/scaling", "scaling-credentials-aws", "scaling-credentials[aws]"),
+        ("aws-ssm:/prod/scaling", "scaling-credentials-aws", "scaling-credentials[aws]"),
         ("aws-lambda-extension:prod/x", "scaling-credentials-aws", "scaling-credentials[aws]"),
         ("vault:scaling?field=api_key", "scaling-credentials-vault", "scaling-credentials[vault]"),
     ],

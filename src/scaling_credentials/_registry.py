@@ -38,6 +38,7 @@ FIRST_PARTY_SCHEMES: dict[str, tuple[str, str]] = {
     "env": ("scaling-credentials", "scaling-credentials"),
     "file": ("scaling-credentials", "scaling-credentials"),
     "aws-sm": ("scaling-credentials-aws", "scaling-credentials[aws]"),
+    "aws-ssm": ("scaling-credentials-aws", "scaling-credentials[aws]"),
     "aws-lambda-extension": ("scaling-credentials-aws", "scaling-credentials[aws]"),
     "vault": ("scaling-credentials-vault", "scaling-credentials[vault]"),
 }
