@@ -96,6 +96,7 @@ TOOLKIT = [
     "format_query",
     "get_logger",
     "json_type",
+    "json_with_field",
     "looks_like_key",
     "make_key",
     "mask",

@@ -30,6 +30,7 @@ from scaling_credentials.toolkit import (
     flag,
     format_query,
     get_logger,
+    json_with_field,
     looks_like_key,
     make_key,
     port_number,
@@ -122,6 +123,31 @@ def test_field_from_object_errors_name_the_problem_never_the_value(
 
 def test_field_from_object_returns_the_string_field() -> None:
     assert field_from_object({"api_key": SECRET, "other": 1}, "api_key", name="x") == SECRET
+
+
+def test_json_with_field_sets_the_field_and_keeps_the_others() -> None:
+    text = json.dumps({"api_key": "old", "owner": "ops", "limit": 5, "note": "café"})
+    written = json.loads(json_with_field(text, "api_key", SECRET, name="x"))
+    assert written == {"api_key": SECRET, "owner": "ops", "limit": 5, "note": "café"}
+    assert json.loads(json_with_field("{}", "api_key", SECRET, name="x")) == {"api_key": SECRET}
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('{"api_key": "' + SECRET + '", oops}', "not valid JSON"),
+        (SECRET, "not valid JSON"),
+        (json.dumps([SECRET]), "got a JSON array"),
+        ("[" * 100_000, "not valid JSON"),
+    ],
+)
+def test_json_with_field_errors_never_hold_the_document(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidKeyFormatError) as info:
+        json_with_field(text, "api_key", "new", name="aws-sm:x")
+    assert str(info.value).startswith("aws-sm:x: expected a JSON object to write field")
+    assert fragment in str(info.value)
+    assert info.value.__context__ is None and info.value.__cause__ is None
+    assert_no_secret_anywhere(info.value, SECRET)
 
 
 def test_decode_text_keeps_no_decode_error_holding_the_bytes() -> None:

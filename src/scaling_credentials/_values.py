@@ -14,7 +14,14 @@ from ._errors import InvalidKeyFormatError, ScalingCredentialsError
 from ._key import ApiKey
 from ._redact import redact
 
-__all__ = ["decode_text", "field_from_json", "field_from_object", "json_type", "make_key"]
+__all__ = [
+    "decode_text",
+    "field_from_json",
+    "field_from_object",
+    "json_type",
+    "json_with_field",
+    "make_key",
+]
 
 
 def decode_text(
@@ -50,6 +57,19 @@ def json_type(value: object) -> str:
     return type(value).__name__
 
 
+def _decode_json(text: str) -> tuple[object, str | None]:
+    """``text`` decoded, or ``None`` and what is wrong (never the text: the decoder's
+    exception, which holds the document, is dropped here)."""
+    problem: str | None = None
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        problem = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    except RecursionError:
+        problem = "nested too deeply"
+    return None, problem
+
+
 def field_from_json(text: str, field: str, *, name: str) -> str:
     """Field ``field`` (a string) of the JSON object ``text``.
 
@@ -57,19 +77,30 @@ def field_from_json(text: str, field: str, *, name: str) -> str:
     an object, lacks the field (listing the fields present, masked where one looks like
     a key) or holds something other than a string there.
     """
-    problem: str | None = None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        problem = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
-    except RecursionError:
-        problem = "nested too deeply"
+    document, problem = _decode_json(text)
     if problem is not None:
         raise InvalidKeyFormatError(
             f"{name}: expected a JSON object with field {redact(repr(field))}, but the "
             f"content is not valid JSON ({problem})"
         )
     return field_from_object(document, field, name=name)
+
+
+def json_with_field(text: str, field: str, value: str, *, name: str) -> str:
+    """The JSON object ``text`` with ``field`` set to ``value`` and every other field
+    kept: what a provider writes back when it stores a key in one field of a JSON secret.
+
+    Raises :class:`InvalidKeyFormatError` naming ``name`` when ``text`` is not a JSON
+    object (it never quotes the text, nor keeps the decoder's exception).
+    """
+    document, problem = _decode_json(text)
+    wanted = f"{name}: expected a JSON object to write field {redact(repr(field))} into"
+    if problem is not None:
+        raise InvalidKeyFormatError(f"{wanted}, but the content is not valid JSON ({problem})")
+    if not isinstance(document, dict):
+        raise InvalidKeyFormatError(f"{wanted}, got a JSON {json_type(document)}")
+    document[field] = value
+    return json.dumps(document, ensure_ascii=False)
 
 
 def field_from_object(document: object, field: str, *, name: str) -> str:

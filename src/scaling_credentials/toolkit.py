@@ -7,8 +7,9 @@ Values and keys
     :func:`make_key` builds the :class:`~scaling_credentials.ApiKey` with an error that
     names the source; :func:`decode_text`, :func:`field_from_json` and
     :func:`field_from_object` turn raw bytes, JSON documents and decoded JSON objects
-    (a Vault KV secret's data) into the key's text. None of them ever quotes the value,
-    nor keeps the decoder's exception (which holds the document) in the chain.
+    (a Vault KV secret's data) into the key's text; :func:`json_with_field` writes a key
+    into one field of a JSON document, keeping the others. None of them ever quotes the
+    value, nor keeps the decoder's exception (which holds the document) in the chain.
 Files
     :func:`read_capped_file` reads a small secret file: capped, never blocking on a
     FIFO, surviving the kubelet's ``..data`` swap, with errors that say what to fix.
@@ -33,7 +34,14 @@ from ._fork import PerProcess, after_fork
 from ._key import KEY_PREFIX, mask
 from ._options import flag, format_query, port_number, seconds, text_option, whole_number
 from ._redact import get_logger, looks_like_key, redact
-from ._values import decode_text, field_from_json, field_from_object, json_type, make_key
+from ._values import (
+    decode_text,
+    field_from_json,
+    field_from_object,
+    json_type,
+    json_with_field,
+    make_key,
+)
 
 __all__ = [
     "KEY_PREFIX",
@@ -47,6 +55,7 @@ __all__ = [
     "format_query",
     "get_logger",
     "json_type",
+    "json_with_field",
     "looks_like_key",
     "make_key",
     "mask",
