@@ -112,6 +112,30 @@ def parameter_name(ssm: Any) -> Iterator[str]:
         pass
 
 
+@pytest.fixture
+def secrets_manager(moto_endpoint: str, boto_session: boto3.session.Session) -> Callable[..., Any]:
+    """``secrets_manager(secret_id, **options)``: a SecretsManagerProvider on moto."""
+    from scaling_credentials_aws import SecretsManagerProvider
+
+    def build(name: str, **options: Any) -> SecretsManagerProvider:
+        options.setdefault("session", boto_session)
+        return SecretsManagerProvider(name, endpoint_url=moto_endpoint, **options)
+
+    return build
+
+
+@pytest.fixture
+def parameter_store(moto_endpoint: str, boto_session: boto3.session.Session) -> Callable[..., Any]:
+    """``parameter_store(name, **options)``: a ParameterStoreProvider on moto."""
+    from scaling_credentials_aws import ParameterStoreProvider
+
+    def build(name: str, **options: Any) -> ParameterStoreProvider:
+        options.setdefault("session", boto_session)
+        return ParameterStoreProvider(name, endpoint_url=moto_endpoint, **options)
+
+    return build
+
+
 def put_secret(sm: Any, name: str, **value: Any) -> str:
     """Create ``name`` or add a version (moving AWSCURRENT); return the VersionId."""
     try:

@@ -29,17 +29,6 @@ KEY_B = good_value("bravo")
 KEY_C = good_value("charlie")
 
 
-@pytest.fixture
-def make(moto_endpoint: str, boto_session: boto3.session.Session) -> Callable[..., Any]:
-    """``make(name, **options)``: a ParameterStoreProvider on moto."""
-
-    def build(name: str, **options: Any) -> ParameterStoreProvider:
-        options.setdefault("session", boto_session)
-        return ParameterStoreProvider(name, endpoint_url=moto_endpoint, **options)
-
-    return build
-
-
 def put(ssm: Any, name: str, value: str, kind: str = "SecureString", **options: Any) -> str:
     """Create or overwrite ``name``; its new version (a str)."""
     answer = ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True, **options)
@@ -51,54 +40,54 @@ def put(ssm: Any, name: str, value: str, kind: str = "SecureString", **options: 
 
 @pytest.mark.parametrize("kind", ["SecureString", "String"])
 def test_a_parameter_is_read_decrypted_with_its_version(
-    make: Callable[..., Any], ssm: Any, parameter_name: str, kind: str
+    parameter_store: Callable[..., Any], ssm: Any, parameter_name: str, kind: str
 ) -> None:
     version = put(ssm, parameter_name, KEY_A, kind)
-    key = make(parameter_name).fetch()
+    key = parameter_store(parameter_name).fetch()
     assert_key_is(key, KEY_A)
     assert (key.version, key.source) == (version, f"aws-ssm:{parameter_name}")
 
 
 def test_each_fetch_reads_the_latest_version(
-    make: Callable[..., Any], ssm: Any, parameter_name: str
+    parameter_store: Callable[..., Any], ssm: Any, parameter_name: str
 ) -> None:
-    provider = make(parameter_name)
+    provider = parameter_store(parameter_name)
     assert put(ssm, parameter_name, KEY_A) == "1"
     assert provider.fetch().version == "1"
     assert put(ssm, parameter_name, KEY_B) == "2"
     key = provider.fetch()
     assert_key_is(key, KEY_B)
     assert key.version == "2"
-    pinned = make(f"{parameter_name}:1").fetch()  # NAME:VERSION pins a version
+    pinned = parameter_store(f"{parameter_name}:1").fetch()  # NAME:VERSION pins a version
     assert_key_is(pinned, KEY_A)
     assert pinned.version == "1"
 
 
-def test_a_json_field(make: Callable[..., Any], ssm: Any, parameter_name: str) -> None:
+def test_a_json_field(parameter_store: Callable[..., Any], ssm: Any, parameter_name: str) -> None:
     put(ssm, parameter_name, json.dumps({"api_key": KEY_A, "owner": "ops"}))
-    key = make(parameter_name, field="api_key").fetch()
+    key = parameter_store(parameter_name, field="api_key").fetch()
     assert_key_is(key, KEY_A)
     assert key.source == f"aws-ssm:{parameter_name}?field=api_key"
 
 
 def test_a_value_that_is_no_key_is_never_quoted(
-    make: Callable[..., Any], ssm: Any, parameter_name: str
+    parameter_store: Callable[..., Any], ssm: Any, parameter_name: str
 ) -> None:
     put(ssm, parameter_name, "sk_live_LEAKCHECK0123456789")
     with pytest.raises(InvalidKeyFormatError) as info:
-        make(parameter_name).fetch()
+        parameter_store(parameter_name).fetch()
     assert_no_secret("LEAKCHECK", str(info.value), repr(info.value))
 
 
 def test_a_missing_parameter_or_version_is_secret_not_found(
-    make: Callable[..., Any], ssm: Any, parameter_name: str
+    parameter_store: Callable[..., Any], ssm: Any, parameter_name: str
 ) -> None:
     with pytest.raises(SecretNotFoundError, match="Parameter Store has no parameter") as info:
-        make(parameter_name).fetch()
+        parameter_store(parameter_name).fetch()
     assert info.value.provider == f"aws-ssm:{parameter_name}"
     put(ssm, parameter_name, KEY_A)
     with pytest.raises(SecretNotFoundError, match=":version or :label"):
-        make(f"{parameter_name}:7").fetch()
+        parameter_store(f"{parameter_name}:7").fetch()
 
 
 def test_region_comes_from_an_arn(
@@ -213,10 +202,10 @@ def _rotation(api: FakeScalingAPI, ssm: Any, name: str) -> Callable[[int], None]
 
 
 def test_rotation_under_threads_fails_no_request(
-    api: FakeScalingAPI, make: Callable[..., Any], ssm: Any, parameter_name: str
+    api: FakeScalingAPI, parameter_store: Callable[..., Any], ssm: Any, parameter_name: str
 ) -> None:
     rotate = _rotation(api, ssm, parameter_name)
-    provider = make(parameter_name)
+    provider = parameter_store(parameter_name)
     cache = KeyCache(provider, min_refresh_interval=0)
     run = run_rotation_threads(api, ScalingAuth(cache), rotate)
     assert run.failed == 0 and run.retried >= 1

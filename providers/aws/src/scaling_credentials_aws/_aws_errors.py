@@ -14,7 +14,14 @@ from typing import NamedTuple
 from scaling_credentials import ProviderError, SecretNotFoundError
 from scaling_credentials.toolkit import redact
 
-__all__ = ["PARAMETER_STORE", "SECRETS_MANAGER", "Service", "error_for_code", "short"]
+__all__ = [
+    "PARAMETER_STORE",
+    "SECRETS_MANAGER",
+    "WRITES",
+    "Service",
+    "error_for_code",
+    "short",
+]
 
 
 class Service(NamedTuple):
@@ -32,6 +39,10 @@ class Service(NamedTuple):
     not_found: frozenset[str]
     #: The KMS permissions each operation needs with a customer-managed key.
     kms: dict[str, str]
+    #: How to create one, for a store into a secret or parameter that does not exist.
+    create: str
+    #: Operations whose IAM action cannot be limited to one resource.
+    unscoped: frozenset[str] = frozenset()
 
 
 SECRETS_MANAGER = Service(
@@ -44,6 +55,7 @@ SECRETS_MANAGER = Service(
         "GetSecretValue": "kms:Decrypt",
         "PutSecretValue": "kms:GenerateDataKey and kms:Decrypt",
     },
+    create="aws secretsmanager create-secret --name NAME --secret-string ...",
 )
 PARAMETER_STORE = Service(
     client="ssm",
@@ -55,7 +67,12 @@ PARAMETER_STORE = Service(
         "GetParameter": "kms:Decrypt",
         "PutParameter": "kms:Encrypt (kms:GenerateDataKey for an advanced parameter)",
     },
+    create="aws ssm put-parameter --name NAME --type SecureString --value ...",
+    unscoped=frozenset({"DescribeParameters"}),
 )
+
+#: The operations through which ``store`` writes.
+WRITES = frozenset({"PutSecretValue", "PutParameter"})
 
 _THROTTLING = frozenset(
     {
@@ -120,9 +137,15 @@ def error_for_code(
         selector = (
             "the version stage or id" if service is SECRETS_MANAGER else "any :version or :label"
         )
+        create = (
+            f"; storing adds a version to an existing {service.kind}: create it first "
+            f"(`{service.create}`)"
+            if operation in WRITES
+            else ""
+        )
         return SecretNotFoundError(
             f"{provider}: {service.title} has no {what} (or no such version) in this account "
-            f"and region{said}; check the name or ARN, the region, and {selector}",
+            f"and region{said}; check the name or ARN, the region, and {selector}{create}",
             provider=provider,
         )
     if code == "InvalidRequestException" and ("deleted" in lowered or "deletion" in lowered):
@@ -134,10 +157,16 @@ def error_for_code(
     if code in _ACCESS_DENIED:
         grant = f" and {kms} on its KMS key when that is a customer-managed key" if kms else ""
         policies = "the secret's resource policy, " if service is SECRETS_MANAGER else ""
+        resource = (
+            '"Resource": "*" (it cannot be limited to one resource; it reads names and types, '
+            "never values)"
+            if operation in service.unscoped
+            else f"the {service.kind}'s ARN"
+        )
         return ProviderError(
             f"{provider}: access denied: {operation} on {what}{said}; the role needs {action} "
-            f"on the {service.kind}'s ARN{grant} (check also {policies}the key policy and any "
-            "SCP or permission boundary)",
+            f"on {resource}{grant} (check also {policies}the key policy and any SCP or "
+            "permission boundary)",
             provider=provider,
         )
     if code in _KMS_FAILURES:

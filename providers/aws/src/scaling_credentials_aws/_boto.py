@@ -1,6 +1,6 @@
 """What the boto3 providers share: a client built on first use, once per process, with
 bounded timeouts and retries; calls through it; botocore's exceptions as the contract's
-errors with hints.
+errors with hints; ``store``, one write at a time per process.
 
 boto3 is imported on the first call, never at import time: importing this module costs
 nothing more than scaling_credentials itself. The client is shared by every thread of a
@@ -11,10 +11,17 @@ connection is ever shared with the parent.
 from __future__ import annotations
 
 import re
+import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from scaling_credentials import ConfigurationError, Provider, ProviderError
-from scaling_credentials.toolkit import PerProcess, seconds, text_option, whole_number
+from scaling_credentials import ApiKey, ConfigurationError, Provider, ProviderError
+from scaling_credentials.toolkit import (
+    PerProcess,
+    get_logger,
+    seconds,
+    text_option,
+    whole_number,
+)
 
 from ._aws_errors import Service, error_for_code, short
 
@@ -24,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["USER_AGENT_EXTRA", "BotoProvider"]
 
 USER_AGENT_EXTRA = "scaling-credentials-aws/0.1.0"
+
+logger = get_logger("scaling_credentials.aws")
 
 
 def _method(operation: str) -> str:
@@ -35,10 +44,12 @@ class BotoProvider(Provider):
     """A provider that reads (and writes) through one boto3 client of :attr:`service`.
 
     Subclasses set :attr:`service`, call ``super().__init__`` with the name of what they
-    read (a secret ID, a parameter name) and the client options, and call :meth:`call`.
+    read (a secret ID, a parameter name) and the client options, call :meth:`call`, and
+    implement :meth:`_write` for :meth:`store`.
     """
 
     service: ClassVar[Service]
+    can_store: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -65,6 +76,24 @@ class BotoProvider(Provider):
         self._session = session
         self._given_client = client
         self._client: PerProcess[Any] = PerProcess(self._make_client)
+        # One store at a time in a process: a store into a JSON field reads, then writes.
+        self._store_lock: PerProcess[threading.Lock] = PerProcess(threading.Lock)
+
+    def store(self, key: ApiKey) -> str | None:
+        """Write ``key`` as the new current value and return the new version's
+        identifier; see the subclass for what is kept. Stores through one provider run
+        one at a time in a process; a fetch meanwhile returns the old key or the new."""
+        if not isinstance(key, ApiKey):
+            raise ConfigurationError(
+                f"{type(self).__name__}.store takes an ApiKey, got {type(key).__name__}"
+            )
+        with self._store_lock.get():
+            version = self._write(key)
+        logger.info("%s: stored %s as version %s", self.describe(), key.masked, version)
+        return version
+
+    def _write(self, key: ApiKey) -> str:
+        raise NotImplementedError
 
     def call(self, operation: str, **params: Any) -> Any:
         """``operation`` (``GetSecretValue``, ``PutParameter``, ...) with ``params``; its

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from scaling_credentials import ApiKey, InvalidKeyFormatError, SourceURI
-from scaling_credentials.toolkit import format_query, text_option
+from scaling_credentials import (
+    ApiKey,
+    ConfigurationError,
+    InvalidKeyFormatError,
+    SecretNotFoundError,
+    SourceURI,
+)
+from scaling_credentials.toolkit import format_query, json_with_field, text_option
 
 from ._aws_errors import PARAMETER_STORE
 from ._boto import BotoProvider
@@ -20,6 +26,9 @@ if TYPE_CHECKING:
     import boto3
 
 __all__ = ["ParameterStoreProvider"]
+
+# DescribeParameters may answer a page with no match and a token for the next one.
+MAX_PAGES = 50
 
 
 class ParameterStoreProvider(BotoProvider):
@@ -95,4 +104,69 @@ class ParameterStoreProvider(BotoProvider):
             field=self.field,
             source=source,
             version=str(version) if version is not None else None,
+        )
+
+    # ------------------------------------------------------------------ store
+
+    def _write(self, key: ApiKey) -> str:
+        """``PutParameter`` with ``Overwrite=True``: a new version of the parameter, with
+        its type, KMS key and tier kept (read with ``DescribeParameters``: left out, the
+        KMS key would fall back to the account's default). With ``field``, the current
+        JSON value's other fields are kept. Returns the new version number (a str)."""
+        name = self._writable_name()
+        source = self.describe()
+        found = self._metadata(name)
+        value = key.reveal()
+        if self.field is not None:
+            current = self.call("GetParameter", Name=name, WithDecryption=True)
+            text = (current.get("Parameter") or {}).get("Value") or ""
+            value = json_with_field(text, self.field, value, name=source)
+        request: dict[str, Any] = {
+            "Name": name,
+            "Value": value,
+            "Type": found.get("Type") or "SecureString",
+            "Overwrite": True,
+        }
+        if request["Type"] == "SecureString" and found.get("KeyId"):
+            request["KeyId"] = found["KeyId"]
+        if found.get("Tier") in ("Standard", "Advanced"):
+            request["Tier"] = found["Tier"]
+        answer = self.call("PutParameter", **request)
+        return str(answer["Version"])
+
+    def _writable_name(self) -> str:
+        """The name ``PutParameter`` takes: no ``:VERSION``/``:LABEL`` selector (the
+        source would not read what is written), and a name rather than an ARN."""
+        name = self.name
+        if name.startswith("arn:"):
+            resource = name.split(":", 5)[-1]  # parameter/prod/x or parameter/simple
+            rest = resource.removeprefix("parameter/")
+            return "/" + rest if "/" in rest else rest
+        if ":" in name:
+            raise ConfigurationError(
+                f"{self.describe()}: this source reads a pinned version or label "
+                f"({name.rpartition(':')[2]!r}); store writes a new version, so store "
+                "through a source that names the parameter without the selector"
+            )
+        return name
+
+    def _metadata(self, name: str) -> dict[str, Any]:
+        """The parameter's ``DescribeParameters`` entry (type, KMS key, tier)."""
+        request: dict[str, Any] = {
+            "ParameterFilters": [{"Key": "Name", "Option": "Equals", "Values": [name]}]
+        }
+        for _ in range(MAX_PAGES):
+            answer = self.call("DescribeParameters", **request)
+            for entry in answer.get("Parameters") or []:
+                if entry.get("Name") == name:
+                    return dict(entry)
+            token = answer.get("NextToken")
+            if not token:
+                break
+            request["NextToken"] = token
+        raise SecretNotFoundError(
+            f"{self.describe()}: Parameter Store has no parameter {name!r} in this account and "
+            "region; storing adds a version to an existing parameter: create it first "
+            f"(`{self.service.create}`)",
+            provider=self.describe(),
         )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from scaling_credentials import ApiKey, SourceURI
-from scaling_credentials.toolkit import format_query, text_option
+from scaling_credentials import ApiKey, ConfigurationError, SourceURI
+from scaling_credentials.toolkit import decode_text, format_query, json_with_field, text_option
 
 from ._aws_errors import SECRETS_MANAGER
 from ._boto import BotoProvider
@@ -164,3 +164,38 @@ class SecretsManagerProvider(BotoProvider):
             )
         )
         return prefer_pending(key, rejected, pending)
+
+    # ------------------------------------------------------------------ store
+
+    def _write(self, key: ApiKey) -> str:
+        """``PutSecretValue``: a new version, which Secrets Manager labels ``AWSCURRENT``
+        (the previous one becomes ``AWSPREVIOUS``). With ``field``, the current JSON
+        value's other fields are kept (and a ``SecretBinary`` secret stays binary).
+        Returns the new ``VersionId``."""
+        if self.version_id or self.version_stage not in (None, DEFAULT_STAGE):
+            raise ConfigurationError(
+                f"{self.describe()}: store writes a new AWSCURRENT version, which this source "
+                "does not read (it names a stage or a version id); store through a source "
+                "without stage= or version_id="
+            )
+        params: dict[str, Any] = {"SecretId": self.secret_id}
+        if self.field is None:
+            params["SecretString"] = key.reveal()
+        else:
+            current = self.call(
+                "GetSecretValue", SecretId=self.secret_id, VersionStage=DEFAULT_STAGE
+            )
+            source = self.describe()
+            if current.get("SecretString") is not None:
+                text = json_with_field(
+                    current["SecretString"], self.field, key.reveal(), name=source
+                )
+                params["SecretString"] = text
+            else:
+                binary = decode_text(
+                    current.get("SecretBinary") or b"", name=f"{source}: SecretBinary"
+                )
+                text = json_with_field(binary, self.field, key.reveal(), name=source)
+                params["SecretBinary"] = text.encode()
+        answer = self.call("PutSecretValue", **params)
+        return str(answer["VersionId"])
