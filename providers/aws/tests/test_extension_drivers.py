@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 
 from scaling_credentials import ProviderError, ScalingCredentialsError, SecretNotFoundError
-from scaling_credentials.testing import free_port
+from scaling_credentials.testing import HostileServer, free_port
 from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
 from scaling_credentials_aws import LambdaExtensionProvider
 from scaling_credentials_aws._extension_http import MAX_ANSWER, retry_waits
@@ -233,6 +233,22 @@ AWS_ERRORS = [
         "no secret",
     ),
 ]
+
+
+@pytest.mark.parametrize("length", [True, False])
+def test_a_compressed_answer_is_refused_without_inflating_it(
+    drive: Driver, hostile_server: HostileServer, length: bool
+) -> None:
+    # A gzip bomb: about 1 KiB on the wire, 64 MiB once inflated.
+    hostile_server.route(
+        "/secretsmanager/get", HostileServer.gzip_bomb(200, size=64 << 20, length=length)
+    )
+    provider = LambdaExtensionProvider("x", port=hostile_server.port)
+    with pytest.raises(ProviderError, match=r"is compressed \(gzip, gzip\)") as info:
+        drive.fetch(provider)
+    assert "another program" in str(info.value)
+    (hit,) = hostile_server.hits
+    assert hit.headers.get("accept-encoding") == "identity"
 
 
 @pytest.mark.parametrize(("answer", "error", "match"), ODD_ANSWERS + AWS_ERRORS)

@@ -97,15 +97,23 @@ class _TooSlow(Exception):
     """The answer did not arrive whole within the timeout."""
 
 
+class _Encoded(Exception):
+    """The answer came compressed, which the extension never does (and was not asked)."""
+
+
 class _Answer(NamedTuple):
     status: int
     body: bytes
 
 
 class _Body:
-    """Collects an answer's body as it arrives; refuses it past the cap or the deadline."""
+    """Collects an answer's body as it arrives, undecoded; refuses a compressed one, and
+    one past the cap or the deadline (so a decompression bomb is never inflated)."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, headers: httpx.Headers) -> None:
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise _Encoded(encoding[:40])
         self.deadline = deadline
         self.chunks: list[bytes] = []
         self.size = 0
@@ -166,11 +174,11 @@ class ExtensionHTTP:
             outcome: _Answer | Exception
             try:
                 with client.stream("GET", request.url, headers=request.headers) as response:
-                    body = _Body(time.monotonic() + self.timeout)
-                    for chunk in response.iter_bytes():
+                    body = _Body(time.monotonic() + self.timeout, response.headers)
+                    for chunk in response.iter_raw():
                         body.add(chunk)
                     outcome = body.answer(response.status_code)
-            except (httpx.HTTPError, _TooLarge, _TooSlow) as exc:
+            except (httpx.HTTPError, _TooLarge, _TooSlow, _Encoded) as exc:
                 outcome = exc
             document = self._settle(outcome, exchange, request, last=last)
             if document is not None:
@@ -195,11 +203,11 @@ class ExtensionHTTP:
                     async with client.stream(
                         "GET", request.url, headers=request.headers
                     ) as response:
-                        body = _Body(time.monotonic() + self.timeout)
-                        async for chunk in response.aiter_bytes():
+                        body = _Body(time.monotonic() + self.timeout, response.headers)
+                        async for chunk in response.aiter_raw():
                             body.add(chunk)
                         outcome = body.answer(response.status_code)
-                except (httpx.HTTPError, _TooLarge, _TooSlow) as exc:
+                except (httpx.HTTPError, _TooLarge, _TooSlow, _Encoded) as exc:
                     outcome = exc
                 document = self._settle(outcome, exchange, request, last=last)
                 if document is not None:
@@ -214,7 +222,8 @@ class ExtensionHTTP:
             if token:
                 return _Request(
                     self.url + exchange.path,
-                    {TOKEN_HEADER: token},
+                    # No compression: a compressed answer could inflate past any cap.
+                    {TOKEN_HEADER: token, "Accept-Encoding": "identity"},
                     (token, quote(token, safe="")),
                 )
         raise ProviderError(
@@ -255,6 +264,13 @@ class ExtensionHTTP:
                 f"{source}: the extension did not answer within {self.timeout:g} s; on a "
                 "cache miss it calls AWS, so check the function's network access to "
                 "Secrets Manager or Systems Manager (VPC endpoint or NAT)",
+                provider=source,
+            )
+        elif isinstance(outcome, _Encoded):
+            raise ProviderError(
+                f"{source}: the answer from {self.url} is compressed ({short(str(outcome), 40)}"
+                "), which the extension never does and was not asked for; is another program "
+                "listening on this port?",
                 provider=source,
             )
         elif isinstance(outcome, _TooLarge):
