@@ -203,11 +203,7 @@ class HostileServer:
     def reply(status: int, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()) -> Answer:
         """A plain answer with a ``Content-Length``."""
         head = _head(status, [*headers, ("Content-Length", str(len(body)))])
-
-        def answer(hit: HostileHit) -> Iterator[bytes | float]:
-            yield head + body
-
-        return answer
+        return HostileServer._send(head, body)
 
     @staticmethod
     def json(status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> Answer:
@@ -308,7 +304,10 @@ class HostileServer:
     @staticmethod
     def _send(head: bytes, body: bytes) -> Answer:
         def answer(hit: HostileHit) -> Iterator[bytes | float]:
-            yield head + body
+            # Two sends, not head + body: joining them would allocate the whole body
+            # again, in the test's process, against the client's memory budget.
+            yield head
+            yield body
 
         return answer
 
