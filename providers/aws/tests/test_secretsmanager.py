@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,7 @@ from scaling_credentials import (
     SecretNotFoundError,
     provider_from_uri,
 )
-from scaling_credentials.testing import free_port
+from scaling_credentials.testing import free_port, run_in_threads
 from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
 from scaling_credentials_aws import LambdaExtensionProvider, SecretsManagerProvider
 
@@ -324,19 +323,7 @@ def test_one_client_is_created_and_shared_by_threads(
 ) -> None:
     put(sm, secret_name, SecretString=KEY_A)
     provider = _CountingClients(secret_name, endpoint_url=moto_endpoint)
-    barrier = threading.Barrier(8, timeout=30)
-    results: list[str] = []
-
-    def worker() -> None:
-        barrier.wait()
-        results.append(provider.fetch().reveal())
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(t.is_alive() for t in threads)
+    results = run_in_threads(lambda: provider.fetch().reveal(), threads=8)
     assert results == [KEY_A] * 8
     assert _CountingClients.made == 1
     provider.fetch()

@@ -4,8 +4,8 @@ endpoint for what moto cannot produce; stores under load while requests rotate w
 
 from __future__ import annotations
 
+import itertools
 import json
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +21,12 @@ from scaling_credentials import (
     ScalingAuth,
     SecretNotFoundError,
 )
-from scaling_credentials.testing import FakeScalingAPI, rotate_and_revoke, run_rotation_threads
+from scaling_credentials.testing import (
+    FakeScalingAPI,
+    rotate_and_revoke,
+    run_in_threads,
+    run_rotation_threads,
+)
 from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
 from scaling_credentials_aws import (
     LambdaExtensionProvider,
@@ -274,34 +279,20 @@ def test_concurrent_stores_into_a_field_lose_nothing_and_fetches_never_fail(
     put(sm, secret_name, SecretString=json.dumps({"api_key": KEY_A, "owner": "ops"}))
     provider = secrets_manager(secret_name, field="api_key")
     new_keys = [good_value(f"store{n}") for n in range(6)]
-    barrier = threading.Barrier(len(new_keys) + 2, timeout=JOIN_TIMEOUT)
-    versions: list[str | None] = []
-    seen: list[str] = []
-    errors: list[BaseException] = []
+    roles = itertools.count()  # the first threads store one key each, the others fetch
 
-    def store(value: str) -> None:
-        barrier.wait()
-        try:
-            versions.append(provider.store(ApiKey(value)))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+    def work() -> list[str | None]:
+        role = next(roles)
+        if role < len(new_keys):
+            return [provider.store(ApiKey(new_keys[role]))]
+        return [provider.fetch().reveal() for _ in range(20)]
 
-    def fetch() -> None:
-        barrier.wait()
-        try:
-            for _ in range(20):
-                seen.append(provider.fetch().reveal())
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=store, args=(v,)) for v in new_keys]
-    threads += [threading.Thread(target=fetch) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=JOIN_TIMEOUT)
-    assert not any(t.is_alive() for t in threads)
+    results = run_in_threads(work, threads=len(new_keys) + 2, timeout=JOIN_TIMEOUT)
+    errors = [r for r in results if isinstance(r, BaseException)]
     assert not errors, [type(e).__name__ for e in errors]
+    outcomes = [r for r in results if not isinstance(r, BaseException)]
+    versions = [one[0] for one in outcomes if len(one) == 1]
+    seen = [value for many in outcomes if len(many) > 1 for value in many]
     assert len(set(versions)) == len(new_keys)  # one version each
     assert set(seen) <= {KEY_A, *new_keys}
     final = json.loads(sm.get_secret_value(SecretId=secret_name)["SecretString"])
