@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from scaling_credentials import ApiKey, KeyCache, Provider, ProviderError, ScalingAuth
-from scaling_credentials.testing import FakeScalingAPI
+from scaling_credentials.testing import FakeClock, FakeScalingAPI
 from scaling_credentials_aws import LambdaExtensionProvider, SecretsManagerProvider
 
 THREADS = 8
@@ -44,17 +44,6 @@ class CountingProvider(Provider):
             self.fetches += 1
             self.rejections.append(rejected.masked)
         return self.inner.refetch(rejected)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _rotate(api: FakeScalingAPI, sm: Any, secret: str, old: str) -> str:
@@ -218,6 +207,48 @@ def test_rotation_through_an_extension_that_ignores_refresh_now(
     assert provider.fetches == 2
     refreshes = [r for r in extension.requests if r.params.get("refreshNow") == "true"]
     assert len(refreshes) == 1  # it asked the extension first, then went direct
+
+
+def test_ttl_refetches_through_an_extension_still_serving_the_revoked_key_keep_the_new_key(
+    api: FakeScalingAPI,
+    sm: Any,
+    moto_endpoint: str,
+    secret_name: str,
+    put: Callable[..., str],
+    fake_extension: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Lambda function with the library's defaults and a short TTL, behind an extension
+    whose own cache ignores refreshNow: after the direct read found the new key, every
+    TTL refetch gets the revoked key from the extension again. The cache keeps the new
+    key (never a step back): one 401 in all, then none, invocation after invocation."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto_endpoint)
+    extension = fake_extension(honour_refresh_now=False)
+    old = api.issue_key()
+    put(sm, secret_name, SecretString=old)
+    clock = FakeClock()
+    cache = KeyCache(LambdaExtensionProvider(secret_name, port=extension.port), ttl=3, clock=clock)
+    statuses: list[int] = []
+
+    def settle() -> None:
+        flight = cache._flight
+        if flight is not None:  # a background refresh: let it land before the clock moves
+            assert flight.done.wait(10)
+
+    with httpx.Client(base_url=api.url, auth=ScalingAuth(cache)) as client:
+        assert client.get("/oncall/schedules").status_code == 200
+        new = _rotate(api, sm, secret_name, old)
+        for _ in range(8):  # invocations 3 s apart, a few requests each
+            for _ in range(3):
+                statuses.append(client.get("/oncall/schedules").status_code)
+                settle()
+            clock.advance(3)
+    assert statuses == [200] * 24
+    assert [r.status for r in api.requests].count(401) == 1  # the rotation, once
+    held = cache.peek()
+    assert held is not None and held.reveal() == new
+    assert cache.is_rejected(ApiKey(old))
+    assert cache.stats.forced_fetches == 1
 
 
 def test_outage_serves_the_stale_key_within_max_stale_then_fails(
