@@ -50,9 +50,9 @@ from pathlib import Path
 import httpx
 
 from scaling_credentials import FileProvider, KeyCache, ProviderError, ScalingAuth
+from scaling_credentials._flight import FETCH_THREAD, quiesce
 from scaling_credentials.testing import FakeScalingAPI, FaultyProvider
 
-FETCH_THREAD = "scaling-credentials-fetch"
 TASKS_PER_CLIENT = 50
 
 
@@ -367,12 +367,8 @@ def run(
             report.library_growth_bytes = _library_bytes(snapshot)
             report.total_growth_bytes = _total_bytes(snapshot)
 
-    # Background fetch threads end on their own once their fetch returns.
-    deadline = time.monotonic() + 30
-    while any(t.name == FETCH_THREAD for t in threading.enumerate()):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
+    # Background fetches land on their own once their backend call returns.
+    quiesce(30)
     stats = cache.stats
     report.duration = round(elapsed, 2)
     report.sync_requests = tally.sync
@@ -401,8 +397,11 @@ def run(
         attempts[i + 1] - attempts[i] for i in provider.failed_attempts if i + 1 < len(attempts)
     ]
     report.min_gap_after_failure = round(min(gaps), 4) if gaps else None
+    # The process's fetch threads wait for the next fetch by design: not left behind.
     report.threads_left = sorted(
-        t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()
+        t.name
+        for t in set(threading.enumerate()) - threads_before
+        if t.is_alive() and t.name != FETCH_THREAD
     )
     report.tasks_left = left[0] if left else -1
     return report

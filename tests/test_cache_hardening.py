@@ -419,3 +419,45 @@ def test_subscribers_are_called_outside_the_lock() -> None:
     thread.join(timeout=10)
     assert not thread.is_alive(), "a subscriber deadlocked on the cache's lock"
     assert observed and observed[0][0] == 1
+
+
+# ---------------------------------------------------------------- fetch threads
+
+
+def test_fetch_threads_never_exit_so_a_fork_never_catches_one_exiting() -> None:
+    # A thread exiting while the process forks can leave OpenSSL's process-wide clean-up
+    # lock held in the child (its first TLS context then hangs): a pre-fork server's
+    # master warms the cache and forks right after. Fetch threads wait for the next
+    # fetch instead of exiting, and are reused.
+    from scaling_credentials._flight import FETCH_THREAD, quiesce
+
+    seen: list[threading.Thread] = []
+
+    class Recording(MemoryProvider):
+        def fetch(self) -> ApiKey:
+            seen.append(threading.current_thread())
+            return super().fetch()
+
+    cache = KeyCache(Recording(K1), ttl=60, jitter=0, refresh_ahead=0, clock=FakeClock())
+    cache.get()
+    assert quiesce(10)
+    assert seen[0].name == FETCH_THREAD and seen[0].is_alive()  # idle, not exiting
+    for _ in range(5):
+        cache.refresh()  # forced fetches, one after the other
+        assert quiesce(10)
+    assert {id(thread) for thread in seen} == {id(seen[0])}  # one thread, reused
+    assert seen[0].is_alive()
+
+
+def test_a_fetch_thread_keeps_nothing_alive_between_fetches() -> None:
+    import weakref
+
+    from scaling_credentials._flight import quiesce
+
+    cache = KeyCache(MemoryProvider(K1), ttl=60, clock=FakeClock())
+    cache.get()
+    assert quiesce(10)
+    gone = weakref.ref(cache)
+    del cache
+    gc.collect()
+    assert gone() is None

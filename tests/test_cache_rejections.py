@@ -13,6 +13,7 @@ from collections.abc import Hashable
 import pytest
 
 from scaling_credentials import ApiKey, KeyCache, ProviderError
+from scaling_credentials._flight import quiesce
 from scaling_credentials.testing import FakeClock, MemoryProvider, memory_cache
 
 K1 = "scl_live_firstkey0123456789abcd"
@@ -251,21 +252,13 @@ class StampedProvider(MemoryProvider):
     def __init__(self, value: str) -> None:
         super().__init__(value)
         self.stamps = 0
-        self.threads: list[threading.Thread] = []
 
     def stamp(self) -> Hashable | None:
         self.stamps += 1
         return self.value
 
-    def fetch(self) -> ApiKey:
-        if threading.current_thread().name == "scaling-credentials-fetch":
-            self.threads.append(threading.current_thread())
-        return super().fetch()
-
     def settle(self) -> None:
-        for thread in self.threads:
-            thread.join(timeout=10)
-            assert not thread.is_alive(), "a background fetch did not finish"
+        assert quiesce(10), "a background fetch did not finish"
 
 
 def test_a_changed_stamp_is_refetched_within_the_check_interval_with_no_rejection() -> None:

@@ -282,7 +282,9 @@ def test_a_fifo_is_refused_at_once_and_leaves_no_thread(tmp_path: Path) -> None:
     for _ in range(3):
         with pytest.raises(ProviderError, match="FIFO"):
             cache.get()
-    assert threading.active_count() == before
+    # At most the process's one fetch thread, which waits for the next fetch: no thread
+    # stuck in open() per attempt.
+    assert threading.active_count() <= before + 1
 
 
 def test_a_unix_socket_is_refused(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Flight: one backend fetch that any number of threads and tasks wait for.
 
-A flight runs off every caller's stack: a sync fetch in a short-lived daemon thread, a
-native async fetch as a task on the loop of the caller that started it. Callers wait for
+A flight runs off every caller's stack: a sync fetch on one of the process's fetch
+threads (daemon threads that never exit, see :class:`_Workers`), a native async fetch as
+a task on the loop of the caller that started it. Callers wait for
 its outcome with a deadline (real time: timeouts are real), so a hung backend never holds
 a request longer than the cache's ``fetch_timeout``, and a waiter that gives up or is
 cancelled never cancels the fetch for the others.
@@ -13,6 +14,7 @@ failure: its waiters are woken with no outcome and simply ask the cache again.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -21,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import asyncio  # imported where it is used: it costs ~15 ms at cold start (Lambda)
 
+from ._fork import PerProcess
 from ._key import ApiKey
 from ._schedule import FetchKind
 
-__all__ = ["Flight", "running_loop"]
+__all__ = ["FETCH_THREAD", "Flight", "quiesce", "running_loop", "start_thread"]
 
 # How often a waiter looks again at a flight whose task lives on another event loop, to
 # notice that loop is gone (it can no longer finish the fetch).
@@ -136,10 +139,74 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+class _Workers:
+    """The daemon threads sync fetches run on, which never exit.
+
+    A thread that exits while the process forks can leave a lock of the C runtime held
+    forever in the child: OpenSSL's per-thread clean-up takes a process-wide lock, and the
+    child's first TLS context then hangs (seen with gunicorn ``--preload``, whose master
+    warms the cache and forks right after). So a fetch thread, once started, waits for the
+    next fetch instead of exiting; one more is started only when every one is busy (a
+    hung backend keeps its thread until the provider's own timeouts end the call).
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], Any]] = queue.SimpleQueue()
+        self._changed = threading.Condition()
+        self._idle = 0
+        self._running = 0
+
+    def submit(self, job: Callable[[], Any]) -> None:
+        with self._changed:
+            spare = self._idle > 0
+            if spare:
+                self._idle -= 1
+            self._running += 1
+        if not spare:
+            try:
+                threading.Thread(target=self._serve, name=FETCH_THREAD, daemon=True).start()
+            except BaseException:
+                with self._changed:
+                    self._running -= 1
+                    self._changed.notify_all()
+                raise
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except BaseException:  # noqa: S110 - a job reports its own outcome
+                pass
+            finally:
+                del job  # an idle thread keeps nothing alive (a cache, a flight)
+                with self._changed:
+                    self._running -= 1
+                    self._idle += 1
+                    self._changed.notify_all()
+
+    def quiesce(self, timeout: float) -> bool:
+        """Wait until no fetch is running in this process (True), or ``timeout`` passed."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._running == 0, timeout)
+
+
+FETCH_THREAD = "scaling-credentials-fetch"
+_workers: PerProcess[_Workers] = PerProcess(_Workers)
+
+
 def start_thread(target: Callable[[], Any]) -> None:
-    """Run ``target`` in a short-lived daemon thread (a sync fetch)."""
-    thread = threading.Thread(target=target, name="scaling-credentials-fetch", daemon=True)
-    thread.start()
+    """Run ``target`` (a sync fetch) on one of the process's fetch threads. Raises
+    :class:`RuntimeError` when no thread can be started."""
+    _workers.get().submit(target)
+
+
+def quiesce(timeout: float = 30.0) -> bool:
+    """Wait until no sync fetch is running in this process, for at most ``timeout``
+    seconds (tests and benchmarks use it to let background fetches land)."""
+    workers = _workers.peek()
+    return True if workers is None else workers.quiesce(timeout)
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
