@@ -533,8 +533,9 @@ def test_cache_hits_publish_no_event(
 # --------------------------------------------------------------------------- the names
 
 
-def every_kind_of_event(meter_provider: Any) -> None:
-    """One cache that goes through a fetch, a rotation, a stuck key and an outage."""
+def every_kind_of_event(meter_provider: Any) -> KeyCache:
+    """One cache that goes through a fetch, a rotation, a stuck key and an outage;
+    returned, since its key's age is reported only while it lives."""
     clock = FakeClock()
     provider = MemoryProvider(K1)
     cache = KeyCache(provider, ttl=60, jitter=0, refresh_ahead=0, max_stale=100, clock=clock)
@@ -547,6 +548,7 @@ def every_kind_of_event(meter_provider: Any) -> None:
     provider.fail = True
     clock.advance(61)
     cache.get()  # a failed fetch, a stale serve
+    return cache
 
 
 def test_the_names_in_the_operations_guide_are_those_exported(
@@ -558,8 +560,7 @@ def test_the_names_in_the_operations_guide_are_those_exported(
     registry = CollectorRegistry()
     prometheus = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
     try:
-        every_kind_of_event(prometheus)
-        every_kind_of_event(meter_provider)
+        alive = [every_kind_of_event(prometheus), every_kind_of_event(meter_provider)]
         exported = {
             name
             for family in registry.collect()
@@ -569,6 +570,7 @@ def test_the_names_in_the_operations_guide_are_those_exported(
     finally:
         prometheus.shutdown()
     found = collect(reader)
+    del alive  # the gauges were read: the caches may go
     names = {name for name, _ in found} | {key for _, attrs in found for key, _ in attrs}
     assert len({name for name, _ in found}) == 6  # every instrument recorded something
 
