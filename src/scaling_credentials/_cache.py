@@ -6,8 +6,8 @@ The cache is three parts, each one idea:
   is refreshed ahead of expiry, how long the backend rests after a failure, which rejected
   key earns a forced fetch, and what a read or a refresh does now, as a typed action. It
   holds the one entry.
-* :mod:`._flight` runs a fetch off every caller's stack (a daemon thread, or a task for a
-  native async provider) and lets any number of threads and tasks wait for it with a
+* :mod:`._flight` runs a fetch off every caller's stack (on one of the process's fetch
+  threads, which never exit, or as a task for a native async provider) and lets any number of threads and tasks wait for it with a
   deadline, so a hung backend never holds a request longer than ``fetch_timeout``.
 * This module is the drivers: ``get``/``aget`` and ``refresh``/``arefresh`` take the lock
   only to ask the schedule and record outcomes (never across I/O, so it is safe to take
