@@ -438,15 +438,22 @@ def test_fetch_threads_never_exit_so_a_fork_never_catches_one_exiting() -> None:
             seen.append(threading.current_thread())
             return super().fetch()
 
-    cache = KeyCache(Recording(K1), ttl=60, jitter=0, refresh_ahead=0, clock=FakeClock())
+    def fetch_threads() -> int:
+        return sum(thread.name == FETCH_THREAD for thread in threading.enumerate())
+
+    cache = KeyCache(
+        Recording(K1), ttl=60, jitter=0, refresh_ahead=0, min_refresh_interval=0, clock=FakeClock()
+    )
     cache.get()
     assert quiesce(10)
     assert seen[0].name == FETCH_THREAD and seen[0].is_alive()  # idle, not exiting
+    pool = fetch_threads()
     for _ in range(5):
         cache.refresh()  # forced fetches, one after the other
         assert quiesce(10)
-    assert {id(thread) for thread in seen} == {id(seen[0])}  # one thread, reused
-    assert seen[0].is_alive()
+    assert len(seen) == 6
+    assert all(thread.is_alive() for thread in seen)  # none exited
+    assert fetch_threads() == pool  # idle threads were reused, none started
 
 
 def test_a_fetch_thread_keeps_nothing_alive_between_fetches() -> None:
