@@ -131,6 +131,35 @@ def test_the_first_lifetime_is_spread_over_most_of_the_ttl() -> None:
     assert steady._state.entry.expires_at - steady._state.entry.fetched_at == 100  # jitter 0
 
 
+def test_the_lifetime_after_a_forced_fetch_or_invalidate_is_spread_like_the_first() -> None:
+    # A fleet makes its forced fetches together (a rotation): the next lifetime is spread
+    # over [0.1, 1] x ttl, as after start, so that the fleet does not refetch in step.
+    def lifetime(cache: KeyCache) -> float:
+        entry = cache._state.entry
+        assert entry is not None
+        return entry.expires_at - entry.fetched_at
+
+    steady, forced, invalidated = [], [], []
+    for seed in range(100):
+        provider = MemoryProvider(K1)
+        clock = FakeClock()
+        cache = KeyCache(provider, ttl=100, jitter=0.2, clock=clock, rng=random.Random(seed))
+        key = cache.get()
+        clock.advance(101)
+        cache.get()  # a TTL fetch: the steady spread
+        steady.append(lifetime(cache))
+        provider.value = K2
+        cache.refresh(rejected=key)  # the forced fetch after a rotation
+        forced.append(lifetime(cache))
+        cache.invalidate()
+        cache.get()
+        invalidated.append(lifetime(cache))
+    assert min(steady) >= 80 and max(steady) <= 100
+    for spread in (forced, invalidated):
+        assert min(spread) >= 10 and max(spread) <= 100
+        assert min(spread) < 30 and max(spread) > 80  # spread, not bunched near ttl
+
+
 def test_key_age_counts_from_the_last_successful_read_of_the_source() -> None:
     cache, provider, clock = memory_cache(K1, ttl=60, refresh_ahead=0, max_stale=100)
     assert cache.key_age is None  # nothing held yet

@@ -70,6 +70,25 @@ def test_a_stuck_key_is_held_to_the_interval_after_its_forced_fetch() -> None:
     assert cache.stats.forced_fetches == 2
 
 
+def test_a_refresh_that_names_no_key_is_held_to_the_interval() -> None:
+    cache, provider, clock = memory_cache(K1, ttl=3600, min_refresh_interval=5)
+    cache.get()
+    assert cache.refresh().reveal() == K1  # forced: the first one goes to the source
+    provider.value = K2
+    assert cache._refresh(None) == (cache.peek(), "skipped-interval")
+    assert cache.refresh().reveal() == K1  # still within the interval: not asked
+    assert cache.stats.forced_fetches == 1 and provider.fetches == 2
+    clock.advance(5)
+    assert cache.refresh().reveal() == K2
+    assert cache.stats.forced_fetches == 2
+    # A key the API rejects is refetched at once, inside the interval all the same.
+    provider.value = K3
+    rejected = cache.peek()
+    assert rejected is not None
+    assert cache.refresh(rejected=rejected).reveal() == K3
+    assert cache.stats.forced_fetches == 3
+
+
 def test_a_revoked_key_with_no_new_key_costs_one_forced_fetch_per_interval() -> None:
     cache, _, clock = memory_cache(K1, ttl=3600, min_refresh_interval=5)
     key = cache.get()
