@@ -1,6 +1,6 @@
 """Advice given in several places says the same thing everywhere: the key file's mode on
-Kubernetes (docs, example manifests, the FileProvider's own warning) and the readiness
-probe (README and the example manifests)."""
+Kubernetes (docs, example manifests, the FileProvider's own warning), the readiness
+probe (README and the example manifests), and the tests the docs name as proof exist."""
 
 from __future__ import annotations
 
@@ -122,3 +122,38 @@ def test_readme_probe_is_the_examples_probe() -> None:
             assert {k: shown.get(k) for k in keys} == {k: probe[k] for k in keys}, (
                 f"{where}: the probe's timings differ from examples/kubernetes/*.yaml"
             )
+
+
+# --------------------------------------------------------------------------- named tests
+
+# `path/to/test_x.py`, `path/to/test_x.py::test_name`, or `::test_name` after a path on the
+# same line (a table cell naming several tests of one file).
+TEST_REFERENCE = re.compile(
+    r"`(?P<path>(?:tests|providers|benchmarks)/[\w./-]+\.py)?(?:::(?P<name>\w+))?`"
+)
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """Where the docs name a test as the proof of a claim, the test is there: a renamed or
+    moved test fails here, not in front of a reader."""
+    missing = []
+    for path in TEXTS:
+        if path.suffix != ".md":
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            current: str | None = None
+            for match in TEST_REFERENCE.finditer(line):
+                where = f"{path.relative_to(ROOT)}:{number}"
+                if match["path"]:
+                    current = match["path"]
+                    if not (ROOT / current).is_file():
+                        missing.append(f"{where}: {current} does not exist")
+                        current = None
+                        continue
+                name = match["name"]
+                if name is None or current is None:
+                    continue
+                source = (ROOT / current).read_text(encoding="utf-8")
+                if not re.search(rf"^\s*(?:async def|def|class) {name}\b|^{name} = ", source, re.M):
+                    missing.append(f"{where}: {current} has no {name}")
+    assert not missing, "the docs name tests that do not exist:\n" + "\n".join(missing)
