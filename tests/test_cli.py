@@ -645,3 +645,17 @@ def test_cli_doc_quotes_resolve(api: FakeScalingAPI, run_main: RunMain) -> None:
     proc = run_main("resolve", env={"SCALING_API_KEY": api.issue_key()})
     assert proc.returncode == 0
     assert_quoted_in_cli_doc(proc.stdout)
+
+
+def test_cli_doc_quotes_providers(run_main: RunMain, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scaling_credentials import _registry
+
+    everything = run_main("providers")
+    core_only = [s for s in _registry.installed_schemes() if s.scheme in ("env", "file")]
+    monkeypatch.setattr(_registry, "installed_schemes", lambda: core_only)
+    core = run_main("providers")
+    assert (everything.returncode, core.returncode) == (0, 0)
+    # The versions are the distributions' own; the doc shows the first release's.
+    assert_quoted_in_cli_doc(
+        *(re.sub(r"\b\d+\.\d+\.\d+\S*", "0.1.0", ran.stdout) for ran in (everything, core))
+    )

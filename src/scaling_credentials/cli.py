@@ -875,8 +875,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--source",
         metavar="URI",
         required=True,
-        help="the source the fleet reads, as a source URI (required: file:, vault:, or "
-        "another scheme that can store; see scaling-credentials providers)",
+        help="the source the fleet reads, as a source URI (required: file:, vault:, aws-sm:, "
+        "aws-ssm: or another scheme that can store; see scaling-credentials providers)",
     )
     rotate.add_argument(
         "--base-url",
