@@ -301,7 +301,8 @@ def main() -> None:
         "- KeyCache: one fetch runs off the callers' stacks and every caller waits for it "
         "(single-flight); a rejection refresh is coalesced the same way, and a caller that "
         "arrives after the new key is in is answered from the cache (the cached key differs "
-        "from the rejected one). Forced fetches are also capped at one per "
+        "from the rejected one). Each rejected key earns one forced fetch, shared by every "
+        "caller; a key the source still holds after it is refetched at most once per "
         "`min_refresh_interval` (5 s).",
         "- Powertools has no lock around its cache: every thread that finds the entry "
         "expired calls GetSecretValue, so an expired entry costs up to one call per "
