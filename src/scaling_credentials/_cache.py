@@ -7,8 +7,9 @@ The cache is three parts, each one idea:
   key earns a forced fetch, and what a read or a refresh does now, as a typed action. It
   holds the one entry.
 * :mod:`._flight` runs a fetch off every caller's stack (on one of the process's fetch
-  threads, which never exit, or as a task for a native async provider) and lets any number of threads and tasks wait for it with a
-  deadline, so a hung backend never holds a request longer than ``fetch_timeout``.
+  threads, which never exit, or as a task for a native async provider) and lets any
+  number of threads and tasks wait for it with a deadline, so a hung backend never holds
+  a request longer than ``fetch_timeout``.
 * This module is the drivers: ``get``/``aget`` and ``refresh``/``arefresh`` take the lock
   only to ask the schedule and record outcomes (never across I/O, so it is safe to take
   from the event loop), carry out the action, log and publish events.
@@ -131,9 +132,9 @@ class KeyCache:
     * ``ttl``: lifetime of a fetched key; default ``SCALING_API_KEY_TTL`` or 300.
     * ``jitter``: each lifetime is ``ttl`` scaled by a random factor in ``[1 - jitter, 1]``
       so that a fleet does not refetch together. The lifetime after a fetch a whole fleet
-      makes at once (the first after start, the first in a child after ``fork()``, and a
-      forced fetch after a rotation) is spread over ``[0.1, 1]`` instead, so that the fleet
-      falls out of step within one TTL. Default 0.1; 0 turns both off.
+      makes at once (the first after start or ``invalidate()``, the first in a child after
+      ``fork()``, and a forced fetch after a rotation) is spread over ``[0.1, 1]`` instead,
+      so that the fleet falls out of step within one TTL. Default 0.1; 0 turns both off.
     * ``refresh_ahead``: within this many seconds of expiry, the first caller starts a
       background refresh while everyone is still served the current key. Default
       ``ttl / 10``; at most half of an entry's lifetime.

@@ -1,11 +1,12 @@
-"""Testing helpers: :class:`FakeScalingAPI`, the ``scaling_api`` pytest fixture (plugin
-``scaling_credentials.testing.pytest_plugin``) and the shared provider test suite
-(:mod:`scaling_credentials.testing.provider_suite`, which needs pytest), test doubles, and
-a rotation-under-load harness (:func:`run_rotation_threads`, :func:`run_rotation_tasks`,
-:func:`run_prefork_rotation`; httpx by default, any HTTP library through a
-:data:`ClientFactory`), a key file updated like a Kubernetes secret volume
-(:class:`SecretVolume`), an HTTP server that misbehaves on purpose (:class:`HostileServer`,
-fixture ``hostile_server``), and the ``scaling-credentials demo`` (:func:`run_demo`)."""
+"""For testing code that uses the library: :class:`FakeScalingAPI`, the ``scaling_api``
+pytest fixture (plugin ``scaling_credentials.testing.pytest_plugin``) and the shared
+provider test suite (:mod:`scaling_credentials.testing.provider_suite`, which needs
+pytest), test doubles, and a rotation-under-load harness (:func:`run_rotation_threads`,
+:func:`run_rotation_tasks`, :func:`run_prefork_rotation`; httpx by default, any HTTP
+library through a :data:`ClientFactory`), a key file updated like a Kubernetes secret
+volume (:class:`SecretVolume`), an HTTP server that misbehaves on purpose
+(:class:`HostileServer`, fixture ``hostile_server``), and the ``scaling-credentials demo``
+(:func:`run_demo`)."""
 
 from ._demo import DemoOptions, DemoReport, run_demo
 from ._fake_api import FakeScalingAPI, RecordedRequest, ScriptedResponse
