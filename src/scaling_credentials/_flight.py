@@ -14,14 +14,15 @@ failure: its waiters are woken with no outcome and simply ask the cache again.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import asyncio  # imported where it is used: it costs ~15 ms at cold start (Lambda)
+    # Imported where they are used: asyncio costs ~15 ms at cold start (Lambda).
+    import asyncio
+    import queue
 
 from ._fork import PerProcess
 from ._key import ApiKey
@@ -151,6 +152,8 @@ class _Workers:
     """
 
     def __init__(self) -> None:
+        import queue  # here, not at import: a cold start may never fetch synchronously
+
         self._jobs: queue.SimpleQueue[Callable[[], Any]] = queue.SimpleQueue()
         self._changed = threading.Condition()
         self._idle = 0

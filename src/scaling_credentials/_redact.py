@@ -11,6 +11,7 @@ their loggers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -39,22 +40,6 @@ def _encodable(text: str) -> str:
     return "".join(parts)
 
 
-# A key is the prefix and a run of visible ASCII. The run stops at whitespace, quotes,
-# backslashes and angle brackets, so that a key inside JSON, a repr, escaped bytes or
-# HTML is cut at its end; other punctuation is taken in (a key may contain it), which at
-# worst masks a few characters of what follows. The prefix is also recognized with any
-# of its characters percent-encoded, at any depth (scl%5Flive%5F..., %73cl_live_...,
-# scl%255Flive...), as it appears in a URI pasted where a key does not belong.
-KEY_PATTERN_PREFIX: Final = re.compile(_encodable(KEY_PREFIX))
-KEY_PATTERN: Final = re.compile(
-    f"(?P<prefix>{KEY_PATTERN_PREFIX.pattern})" + r"""(?P<token>[^\s"'`\\<>]+)"""
-)
-_SECRET_MASK: Final = "****"
-# A placeholder in prose ("scl_live_...)," in a message that says what a key looks like):
-# what follows the prefix is dots or stars and closing punctuation.
-_PLACEHOLDER: Final = re.compile(r"[.*]+[)\],;:!?]*")
-
-
 class _Shape(NamedTuple):
     """A credential shape: a pattern, and the markers (substrings) without which a text
     cannot hold it, tested first because they are far cheaper than the pattern."""
@@ -63,33 +48,64 @@ class _Shape(NamedTuple):
     pattern: re.Pattern[str]
 
 
-# Other credentials that travel near the key. What a pattern's groups hold is kept (a
-# label, the kind of an access key ID); the rest of the match is masked.
-_OTHER_SECRETS: Final = (
-    # Vault and OpenBao tokens: hvs./hvb./hvr. service, batch and recovery tokens;
-    # s./b./r. legacy ones.
-    _Shape(("s.", "b.", "r."), re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_-]{16,}")),
-    # AWS access key IDs, long-term (AKIA) and temporary (ASIA): the kind stays visible.
-    _Shape(("AKIA", "ASIA"), re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")),
-    # JSON Web Tokens (a Kubernetes service account's, a JWT auth method's).
-    _Shape(("eyJ",), re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")),
-)
-# Credentials by their label, in headers (botocore logs x-amz-security-token in the
-# request headers and the canonical request), JSON, XML, query strings, reprs and
-# configuration lines: AWS secret access keys and session tokens (any label ending in
-# "token": X-Amz-Security-Token, SessionToken, the Lambda extension's
-# X-Aws-Parameters-Secrets-Token, X-Vault-Token, client_token), AppRole secret IDs,
-# SigV4 signatures. Matched in the lower-cased text (far quicker than ignoring case);
-# the label and what separates it from the value are kept, and a Scaling key there is
-# left to the key's own masking (which keeps its last four characters).
-_LABELLED: Final = re.compile(
-    r"""(?x)
-    (?: token | secret_?(?:access_?key|id) | signature )
-    (?: ["']? \s* [:=] \s* b?["']? | ["']? \s* > )
-    (?!scl_live_) (?P<value> [a-z0-9/+=%._-]{8,} )
-    """
-)
-_LABELLED_IGNORING_CASE: Final = re.compile(_LABELLED.pattern, re.IGNORECASE | re.VERBOSE)
+class _Patterns(NamedTuple):
+    key_prefix: re.Pattern[str]
+    key: re.Pattern[str]
+    placeholder: re.Pattern[str]
+    others: tuple[_Shape, ...]
+    labelled: re.Pattern[str]
+    labelled_ignoring_case: re.Pattern[str]
+
+
+@functools.cache
+def _patterns() -> _Patterns:
+    """The regular expressions, compiled at first use rather than at import (they cost
+    more than a millisecond of a Lambda function's cold start)."""
+    # A key is the prefix and a run of visible ASCII. The run stops at whitespace,
+    # quotes, backslashes and angle brackets, so that a key inside JSON, a repr, escaped
+    # bytes or HTML is cut at its end; other punctuation is taken in (a key may contain
+    # it), which at worst masks a few characters of what follows. The prefix is also
+    # recognized with any of its characters percent-encoded, at any depth
+    # (scl%5Flive%5F..., %73cl_live_..., scl%255Flive...), as it appears in a URI pasted
+    # where a key does not belong.
+    key_prefix = re.compile(_encodable(KEY_PREFIX))
+    key = re.compile(f"(?P<prefix>{key_prefix.pattern})" + r"""(?P<token>[^\s"'`\\<>]+)""")
+    # A placeholder in prose ("scl_live_...)," in a message that says what a key looks
+    # like): what follows the prefix is dots or stars and closing punctuation.
+    placeholder = re.compile(r"[.*]+[)\],;:!?]*")
+    # Other credentials that travel near the key. What a pattern's groups hold is kept (a
+    # label, the kind of an access key ID); the rest of the match is masked.
+    others = (
+        # Vault and OpenBao tokens: hvs./hvb./hvr. service, batch and recovery tokens;
+        # s./b./r. legacy ones.
+        _Shape(("s.", "b.", "r."), re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_-]{16,}")),
+        # AWS access key IDs, long-term (AKIA) and temporary (ASIA): the kind stays visible.
+        _Shape(("AKIA", "ASIA"), re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")),
+        # JSON Web Tokens (a Kubernetes service account's, a JWT auth method's).
+        _Shape(
+            ("eyJ",), re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+        ),
+    )
+    # Credentials by their label, in headers (botocore logs x-amz-security-token in the
+    # request headers and the canonical request), JSON, XML, query strings, reprs and
+    # configuration lines: AWS secret access keys and session tokens (any label ending in
+    # "token": X-Amz-Security-Token, SessionToken, the Lambda extension's
+    # X-Aws-Parameters-Secrets-Token, X-Vault-Token, client_token), AppRole secret IDs,
+    # SigV4 signatures. Matched in the lower-cased text (far quicker than ignoring case);
+    # the label and what separates it from the value are kept, and a Scaling key there is
+    # left to the key's own masking (which keeps its last four characters).
+    labelled = re.compile(
+        r"""(?x)
+        (?: token | secret_?(?:access_?key|id) | signature )
+        (?: ["']? \s* [:=] \s* b?["']? | ["']? \s* > )
+        (?!scl_live_) (?P<value> [a-z0-9/+=%._-]{8,} )
+        """
+    )
+    ignoring_case = re.compile(labelled.pattern, re.IGNORECASE | re.VERBOSE)
+    return _Patterns(key_prefix, key, placeholder, others, labelled, ignoring_case)
+
+
+_SECRET_MASK: Final = "****"
 _LABEL_MARKERS: Final = ("token", "secret", "signature")
 
 
@@ -97,13 +113,14 @@ def _mask_labelled(text: str) -> str:
     folded = text.lower()
     if not any(marker in folded for marker in _LABEL_MARKERS):
         return text
+    patterns = _patterns()
     if len(folded) != len(text):  # lower() changed the length: positions would not match
-        return _LABELLED_IGNORING_CASE.sub(
+        return patterns.labelled_ignoring_case.sub(
             lambda m: m.group(0)[: m.start("value") - m.start()] + _SECRET_MASK, text
         )
     parts: list[str] = []
     last = 0
-    for match in _LABELLED.finditer(folded):
+    for match in patterns.labelled.finditer(folded):
         parts += [text[last : match.start("value")], _SECRET_MASK]
         last = match.end("value")
     return "".join(parts) + text[last:] if parts else text
@@ -116,7 +133,9 @@ _KEY_MARKERS: Final = ("scl", "%")
 def looks_like_key(text: str) -> bool:
     """Whether ``text`` holds something shaped like a Scaling API key, also with its
     prefix percent-encoded (a key pasted where a name, a path or a URI belongs)."""
-    return KEY_PATTERN_PREFIX.search(text) is not None
+    if "%" not in text:  # no percent-encoding: the prefix can only be there as it is
+        return KEY_PREFIX in text
+    return _patterns().key_prefix.search(text) is not None
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -127,9 +146,10 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     Idempotent: redacting twice changes nothing more."""
     for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, _SECRET_MASK)
+    patterns = _patterns()
     if any(marker in text for marker in _KEY_MARKERS):
-        text = KEY_PATTERN.sub(_mask_match, text)
-    for shape in _OTHER_SECRETS:
+        text = patterns.key.sub(_mask_match, text)
+    for shape in patterns.others:
         if any(marker in text for marker in shape.markers):
             text = shape.pattern.sub(_mask_other, text)
     return _mask_labelled(text)
@@ -155,7 +175,7 @@ def redact_text(text: str) -> str:
 
 def _mask_match(match: re.Match[str]) -> str:
     token = match.group("token")
-    if token.startswith(_SECRET_MASK) or _PLACEHOLDER.fullmatch(token):
+    if token.startswith(_SECRET_MASK) or _patterns().placeholder.fullmatch(token):
         return match.group(0)  # already masked, or a placeholder: left as it is
     return mask(KEY_PREFIX + token)
 

@@ -12,8 +12,26 @@ Parameter Store.
 Importing this package imports neither boto3 nor botocore.
 """
 
+from typing import TYPE_CHECKING
+
 from ._lambda_extension import LambdaExtensionProvider
-from ._parameterstore import ParameterStoreProvider
-from ._secretsmanager import SecretsManagerProvider
+
+if TYPE_CHECKING:
+    from ._parameterstore import ParameterStoreProvider
+    from ._secretsmanager import SecretsManagerProvider
 
 __all__ = ["LambdaExtensionProvider", "ParameterStoreProvider", "SecretsManagerProvider"]
+
+
+def __getattr__(name: str) -> object:
+    # The boto3 providers' modules load on first use: a Lambda function that reads through
+    # the extension does not pay for them at cold start.
+    if name == "ParameterStoreProvider":
+        from ._parameterstore import ParameterStoreProvider
+
+        return ParameterStoreProvider
+    if name == "SecretsManagerProvider":
+        from ._secretsmanager import SecretsManagerProvider
+
+        return SecretsManagerProvider
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib.util
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -268,6 +267,8 @@ class LambdaExtensionProvider(Provider):
 
     def _make_direct(self) -> Provider | None:
         """The boto3 provider for a direct read, or ``None`` without boto3."""
+        import importlib.util  # here, not at import: it is a cold start's cost otherwise
+
         if importlib.util.find_spec("boto3") is None:
             return None
         if self.parameter is not None:
