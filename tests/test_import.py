@@ -26,7 +26,7 @@ HEAVY = [
 @functools.cache
 def loaded_after(code: str) -> dict[str, bool]:
     """Run ``code`` in a fresh interpreter; report which watched modules it loaded."""
-    watched = [*HEAVY, "importlib.metadata", "pytest", "scaling_credentials"]
+    watched = [*HEAVY, "cachetools", "importlib.metadata", "pytest", "scaling_credentials"]
     script = textwrap.dedent(code) + textwrap.dedent(
         f"""
         import json, sys
@@ -54,6 +54,21 @@ def test_import_loads_neither_boto3_nor_hvac() -> None:
 def test_import_does_not_read_entry_points() -> None:
     # Entry points are read when a source URI is resolved, not at import time.
     assert not loaded_after("import scaling_credentials")["importlib.metadata"]
+
+
+def test_cachetools_loads_with_the_first_rejected_key() -> None:
+    # The memory of rejected keys is the cache's only use of cachetools: a cold start
+    # that never sees a rejection does not pay for importing it.
+    script = """
+        from scaling_credentials import KeyCache
+        from scaling_credentials.testing import MemoryProvider
+
+        cache = KeyCache(MemoryProvider("scl_live_" + "a" * 32))
+        key = cache.get()
+        cache.refresh()
+        """
+    assert not loaded_after(script)["cachetools"]
+    assert loaded_after(script + "cache.refresh(rejected=key)")["cachetools"]
 
 
 def test_testing_helpers_need_neither_pytest_nor_the_providers() -> None:

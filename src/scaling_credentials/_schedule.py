@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Hashable
+from collections.abc import Hashable, MutableMapping
 from datetime import timedelta
 from typing import Final, Literal, NamedTuple
-
-import cachetools
 
 from ._errors import ConfigurationError
 from ._key import ApiKey
@@ -319,10 +317,9 @@ class Schedule:
         self.first = True  # the next lifetime is the first one: spread widely
         self.checks = False  # the provider has stamps: look at them on the read path
         self.kept_in_a_row = 0
-        # Bounded, least recently used first out: real work for cachetools.
-        self.rejected: cachetools.LRUCache[str, Rejection] = cachetools.LRUCache(
-            maxsize=REMEMBERED_REJECTIONS
-        )
+        # Bounded, least recently used first out: real work for cachetools, which is
+        # imported with the first rejection (most cold starts never see one).
+        self.rejected: MutableMapping[str, Rejection] = {}
 
     # -- facts
 
@@ -543,6 +540,10 @@ class Schedule:
         fingerprint = key.fingerprint
         record = self.rejected.get(fingerprint)
         if record is None:
+            if not self.rejected:
+                import cachetools
+
+                self.rejected = cachetools.LRUCache(maxsize=REMEMBERED_REJECTIONS)
             record = Rejection()
             self.rejected[fingerprint] = record
         return record
