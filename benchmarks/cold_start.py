@@ -230,7 +230,7 @@ def main() -> None:
         "",
         f"- Target: the core and the extension path within {TARGET:.2f}x of `import httpx` "
         f"(median ratio): {'met' if all(medians[n] <= TARGET for n in TARGETED) else 'NOT met'}"
-        f" in this run ({', '.join(f'{medians[n]:.2f}x' for n in TARGETED)}).",
+        f" in this run ({', '.join(f'{medians[n]:.3f}x' for n in TARGETED)}).",
         "- The extension path never imports boto3; its first fetch adds httpcore (httpx "
         "imports it lazily, at the first client) and one loopback request to a stand-in "
         "extension served by the benchmark.",
