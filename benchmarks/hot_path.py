@@ -322,7 +322,7 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--profile", action="store_true", help="print a pyinstrument profile")
     args = p.parse_args()
-    rounds, n = (8, 150) if args.quick else (40, 250)
+    rounds, n = (8, 150) if args.quick else (120, 250)
 
     sync, sync_clients = sync_variants()
     sync_result = interleave(sync, rounds=rounds, n=n)
