@@ -4,6 +4,7 @@ backoff, timeouts. Real threads and tasks; a fake clock for every TTL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -835,6 +836,55 @@ def test_sync_refresh_inside_the_loop_of_an_async_fetch_makes_one_forced_fetch(
     assert outcome == "fetched"
     assert provider.fetches == 2  # the first use, then one for the refresh
     assert [k.reveal() for k in provider.rejected] == [K1]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_forced_fetch_a_sync_refresh_makes_on_the_loop_counts_as_the_keys_one(
+    fails: bool,
+) -> None:
+    # The forced fetch made beside the loop's own fetch is that key's forced fetch: when
+    # it returns the same key (or fails), another rejection of the key waits for
+    # min_refresh_interval instead of forcing a second fetch at once.
+    class Native(MemoryProvider):
+        async def afetch(self) -> ApiKey:
+            await asyncio.Event().wait()  # never ends while the loop is blocked
+            raise AssertionError("unreachable")
+
+    provider = Native(K1)
+    clock = FakeClock()
+    cache = KeyCache(
+        provider,
+        ttl=60,
+        jitter=0,
+        refresh_ahead=0,
+        fetch_timeout=5,
+        min_refresh_interval=30,
+        backoff_initial=30,
+        max_stale=300,
+        clock=clock,
+    )
+    k1 = cache.get()
+    clock.advance(61)
+    if fails:
+        provider.fail = True
+
+    async def scenario() -> None:
+        reading = asyncio.ensure_future(cache.aget())  # the task's TTL fetch
+        await asyncio.sleep(0)
+        assert cache._flight is not None and cache._flight.task is not None
+        if fails:
+            with pytest.raises(ProviderError):
+                cache._refresh(k1)  # a sync call made from async code
+        else:
+            cache._refresh(k1)
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ProviderError):
+            await reading
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+    fetches = provider.fetches
+    assert cache.refresh(k1) == k1
+    assert provider.fetches == fetches
 
 
 def test_a_fetch_that_cannot_start_fails_at_once_instead_of_hanging_every_caller(

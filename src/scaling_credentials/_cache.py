@@ -51,6 +51,7 @@ from ._schedule import (
     Fail,
     Failed,
     Fetch,
+    FetchKind,
     Join,
     Kept,
     Outcome,
@@ -397,14 +398,18 @@ class KeyCache:
         if not isinstance(action, Fetch | Refresh):
             return None
         rejected = action.rejected if isinstance(action, Fetch) else None
-        self._started += 1
-        flight = Flight(action.kind, now, self._policy.fetch_timeout, rejected, self._started)
+        flight = self._new_flight(action.kind, now, rejected)
         self._flight = flight
         self._state.started(now, action.kind, rejected)
-        self._fetches += 1
-        if action.kind == "forced":
-            self._forced_fetches += 1
         return flight
+
+    def _new_flight(self, kind: FetchKind, now: float, rejected: ApiKey | None) -> Flight:
+        """A fetch's bookkeeping (call with the lock held)."""
+        self._started += 1
+        self._fetches += 1
+        if kind == "forced":
+            self._forced_fetches += 1
+        return Flight(kind, now, self._policy.fetch_timeout, rejected, self._started)
 
     def _drop_dead_flight(self, now: float, events: list[CacheEvent]) -> Failed | None:
         flight = self._flight
@@ -732,18 +737,11 @@ class KeyCache:
     ) -> ApiKey | None:
         """A fetch of this caller's own, in a thread, while the one in flight cannot end
         (``forced``: a refresh's, through ``refetch(rejected)``)."""
+        kind: FetchKind = "forced" if forced else "ttl"
         with self._lock:
-            self._started += 1
-            flight = Flight(
-                "forced" if forced else "ttl",
-                self._clock(),
-                self._policy.fetch_timeout,
-                rejected,
-                self._started,
-            )
-            self._fetches += 1
-            if forced:
-                self._forced_fetches += 1
+            now = self._clock()
+            flight = self._new_flight(kind, now, rejected)
+            self._state.started_aside(now, kind, rejected)
         self._launch(flight, prefer_async=False)
         return self._wait(flight, stale_ok=stale_ok)
 

@@ -470,6 +470,12 @@ class Schedule:
         """A fetch of ``kind`` started."""
         self.flight_kind = kind
         self.flight_rejected = rejected.fingerprint if rejected is not None else None
+        self.started_aside(now, kind, rejected)
+
+    def started_aside(self, now: float, kind: FetchKind, rejected: ApiKey | None) -> None:
+        """A fetch of ``kind`` started beside the one in flight (a caller's own, when
+        waiting for that one would block the caller's loop): it is not the flight, but a
+        forced one is the rejected key's forced fetch all the same."""
         if kind == "forced":
             self.last_forced_at = now
             if rejected is not None:
