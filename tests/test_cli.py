@@ -191,6 +191,21 @@ def test_debug_adds_the_traceback() -> None:
     assert "Traceback" in after.stderr
 
 
+def test_debug_keeps_the_error_line_and_the_json_message(run_main: RunMain) -> None:
+    # The traceback comes in addition to the message and its hint, not instead of them.
+    plain = run_main("resolve")
+    traced = run_main("--debug", "resolve")
+    assert traced.returncode == plain.returncode == 2
+    assert "Traceback (most recent call last)" in traced.stderr
+    assert error_lines(plain)[0] in error_lines(traced)
+    assert "error: Traceback" not in traced.stderr
+    document = json.loads(run_main("--debug", "resolve", "--json").stdout)
+    assert (
+        document["error"]["message"]
+        == json.loads(run_main("resolve", "--json").stdout)["error"]["message"]
+    )
+
+
 @pytest.mark.parametrize(
     "value",
     [

@@ -28,7 +28,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 
@@ -66,8 +66,6 @@ EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_TIMEOUT = 10.0
 CHECK_PATH = "/oncall/schedules"
-
-_T = TypeVar("_T")
 
 
 class CLIError(Exception):
@@ -1012,8 +1010,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(exc: BaseException, args: argparse.Namespace, out: _Out, code: int, text: str) -> int:
     if args.debug:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        print(redact(text), end="", file=sys.stderr, flush=True)
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        print(redact(trace), end="", file=sys.stderr, flush=True)
     _Out.error(text)
     out.document(
         {
