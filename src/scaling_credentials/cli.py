@@ -198,9 +198,14 @@ def _hint(error: BaseException) -> str:
 
 
 def _resolve(source: str | None, timeout: float) -> _Resolved:
-    """Choose the provider and fetch the key once, through a :class:`KeyCache` that
-    bounds the fetch by ``timeout`` and serves nothing stale: this is a probe."""
+    """Choose the provider and fetch the key once (see :func:`_probe`)."""
     provider, chosen = _select_provider(source)
+    return _probe(provider, chosen, timeout)
+
+
+def _probe(provider: Provider, chosen: str, timeout: float) -> _Resolved:
+    """Fetch the key once, through a :class:`KeyCache` that bounds the fetch by
+    ``timeout`` and serves nothing stale: this is a probe."""
     cache = KeyCache(
         provider, ttl=300.0, max_stale=0.0, fetch_timeout=timeout, min_refresh_interval=0.0
     )
@@ -510,7 +515,7 @@ def _cmd_rotate(args: argparse.Namespace, out: _Out) -> int:
     url = str(base_url).rstrip("/") + CHECK_PATH
     fleet_ttl: float = default_ttl() if args.fleet_ttl is None else args.fleet_ttl
     timeout: float = args.timeout
-    provider, _ = _select_provider(args.source)
+    provider, chosen = _select_provider(args.source)
     if not provider.can_store:
         can = ", ".join(f"{scheme}:" for scheme in _rotate.storing_schemes()) or "none installed"
         raise CLIError(
@@ -519,7 +524,7 @@ def _cmd_rotate(args: argparse.Namespace, out: _Out) -> int:
             "tools and follow the manual steps of the rotation runbook (SECURITY.md)"
         )
     new = _rotate.read_new_key(sys.stdin, sys.stderr)
-    resolved = _resolve(args.source, timeout)
+    resolved = _probe(provider, chosen, timeout)
     old, source = resolved.key, resolved.provider.describe()
     if new == old:
         raise CLIError(
