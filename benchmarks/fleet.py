@@ -435,7 +435,10 @@ def out_of_step(n: int) -> list[tuple[str, ...]]:
     minutes of the first hour, for a fleet started together: the library's schedule (the
     first lifetime spread over [0.1, 1] x ttl) against the one before it ([0.9, 1])."""
     rows = []
-    for label, first_low in (("spread after start and rotations", None), ("before: [0.9, 1]", 0.9)):
+    for label, first_low in (
+        ("spread after start and rotations", None),
+        ("every lifetime [0.9, 1]", 0.9),
+    ):
         p = Params(n, jitter=0.1, horizon=3600.0, first_low=first_low)
         bins = model(p).per_second(p.horizon)
         cells = []
