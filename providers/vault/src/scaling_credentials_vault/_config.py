@@ -52,6 +52,9 @@ class VaultSettings:
 
     ``session`` is the ``requests.Session`` of an hvac client the caller passed in (used
     as it is in the process that created the provider), else ``None``.
+
+    The ``repr`` shows the address and proxies without their ``user:password@``, and
+    only the type of the session.
     """
 
     path: str
@@ -65,6 +68,21 @@ class VaultSettings:
     proxies: Mapping[str, str] | None
     timeout: float
     session: Any = None
+
+    def __repr__(self) -> str:
+        proxies = (
+            None
+            if self.proxies is None
+            else {name: safe_url(str(address)) for name, address in self.proxies.items()}
+        )
+        session = None if self.session is None else f"<{type(self.session).__name__}>"
+        return (
+            f"VaultSettings(path={self.path!r}, field={self.field!r}, "
+            f"mount_point={self.mount_point!r}, kv_version={self.kv_version!r}, "
+            f"url={self.safe_url!r}, namespace={self.namespace!r}, verify={self.verify!r}, "
+            f"cert={self.cert!r}, proxies={proxies!r}, timeout={self.timeout!r}, "
+            f"session={session})"
+        )
 
     def describe(self) -> str:
         """``vault:<path>?mount=<mount>&field=<field>`` (``&kv=1`` for KV v1): no secret."""

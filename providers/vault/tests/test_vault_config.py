@@ -1,0 +1,56 @@
+"""The provider's checked settings: what their repr shows (no credential) and how Vault's
+address is checked and shown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hvac
+import pytest
+
+from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials_vault._config import VaultSettings, configure
+
+PASSWORD = "pw-in-the-vault-url-7Qx"
+PROXY_PASSWORD = "pw-in-the-proxy-url-3Kd"
+
+
+def settings_for(**options: Any) -> VaultSettings:
+    arguments: dict[str, Any] = {
+        "field": "api_key",
+        "mount_point": "secret",
+        "kv_version": 2,
+        "url": None,
+        "namespace": None,
+        "auth": None,
+        "client": None,
+        "verify": True,
+        "timeout": 5.0,
+    }
+    arguments.update(options)
+    settings, _ = configure("scaling/api", **arguments)
+    return settings
+
+
+def test_settings_repr_shows_no_credential_from_the_url(vault_env: pytest.MonkeyPatch) -> None:
+    settings = settings_for(url=f"https://ops:{PASSWORD}@vault.example.com:8200")
+    text = repr(settings)
+    assert_no_secret(PASSWORD, text, str(settings))
+    assert_no_secret("ops:", text)
+    assert "url='https://vault.example.com:8200'" in text
+    assert "path='scaling/api'" in text
+
+
+def test_settings_repr_shows_no_credential_from_the_client(
+    vault_env: pytest.MonkeyPatch,
+) -> None:
+    client = hvac.Client(
+        url=f"https://ops:{PASSWORD}@vault.example.com:8200",
+        token="s.ClientTokenClientToken1",
+        proxies={"https": f"http://proxy-user:{PROXY_PASSWORD}@proxy.example.com:3128"},
+    )
+    settings = settings_for(client=client)
+    text = repr(settings)
+    for secret in (PASSWORD, PROXY_PASSWORD, "s.ClientTokenClientToken1"):
+        assert_no_secret(secret, text, str(settings))
+    assert "http://proxy.example.com:3128" in text
