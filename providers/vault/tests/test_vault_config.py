@@ -9,7 +9,7 @@ import hvac
 import pytest
 
 from scaling_credentials.testing.provider_suite import assert_no_secret
-from scaling_credentials_vault._config import VaultSettings, configure
+from scaling_credentials_vault._config import VaultSettings, configure, safe_url
 
 PASSWORD = "pw-in-the-vault-url-7Qx"
 PROXY_PASSWORD = "pw-in-the-proxy-url-3Kd"
@@ -54,3 +54,29 @@ def test_settings_repr_shows_no_credential_from_the_client(
     for secret in (PASSWORD, PROXY_PASSWORD, "s.ClientTokenClientToken1"):
         assert_no_secret(secret, text, str(settings))
     assert "http://proxy.example.com:3128" in text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"https://ops:{PASSWORD}@[::1]:8200/v1", "https://[::1]:8200/v1"),
+        (f"https://ops:{PASSWORD}@[2001:db8::5]/", "https://[2001:db8::5]/"),
+        (f"https://{PASSWORD}@vault.example.com", "https://vault.example.com"),
+        ("https://[::1]:8200", "https://[::1]:8200"),
+        # Unusable addresses are still shown, without the userinfo and without raising.
+        (f"https://ops:{PASSWORD}@vault.example.com:abc/v1", "https://vault.example.com:abc/v1"),
+        (f"https://ops:{PASSWORD}@vault.example.com:99999", "https://vault.example.com:99999"),
+        (f"https://ops:{PASSWORD}@[::1:8200/v1", "https://[::1:8200/v1"),
+    ],
+    ids=lambda value: value.replace(PASSWORD, "PASSWORD"),
+)
+def test_safe_url(url: str, shown: str) -> None:
+    text = safe_url(url)
+    assert_no_secret(PASSWORD, text)
+    assert text == shown
+
+
+def test_ipv6_address_keeps_its_brackets(vault_env: pytest.MonkeyPatch) -> None:
+    settings = settings_for(url=f"https://ops:{PASSWORD}@[::1]:8200")
+    assert_no_secret(PASSWORD, repr(settings))
+    assert settings.safe_url == "https://[::1]:8200"

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from scaling_credentials import ConfigurationError, SourceURI
 from scaling_credentials.toolkit import format_query, get_logger, seconds, text_option
@@ -109,13 +109,20 @@ class VaultSettings:
 
 
 def safe_url(url: str) -> str:
-    """``url`` without its ``user:password@`` part: safe for a log line."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    """``url`` without its ``user:password@`` part: safe for a log line.
+
+    The host and port are kept as written (an IPv6 address in its brackets); an
+    unusable port or bracket does not raise, so an address can be shown in the error
+    that refuses it.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
         return url
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    _, at, host_port = rest[:end].rpartition("@")
+    if not at:
+        return url
+    return f"{scheme}://{host_port}{rest[end:]}"
 
 
 def _is_loopback(host: str) -> bool:
