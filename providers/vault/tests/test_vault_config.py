@@ -8,7 +8,9 @@ from typing import Any
 import hvac
 import pytest
 
+from scaling_credentials import ConfigurationError
 from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials_vault import TokenAuth, VaultProvider
 from scaling_credentials_vault._config import VaultSettings, configure, safe_url
 
 PASSWORD = "pw-in-the-vault-url-7Qx"
@@ -80,3 +82,36 @@ def test_ipv6_address_keeps_its_brackets(vault_env: pytest.MonkeyPatch) -> None:
     settings = settings_for(url=f"https://ops:{PASSWORD}@[::1]:8200")
     assert_no_secret(PASSWORD, repr(settings))
     assert settings.safe_url == "https://[::1]:8200"
+
+
+BAD_ADDRESSES = [
+    "https://vault.example.com:99999",
+    "https://vault.example.com:abc",
+    "https://vault.example.com:0",
+    f"https://ops:{PASSWORD}@vault.example.com:abc",
+    f"https://ops:{PASSWORD}@vault.example.com:99999",
+    f"https://ops:{PASSWORD}@[::1:8200",
+]
+
+
+@pytest.mark.parametrize("url", BAD_ADDRESSES, ids=lambda url: url.replace(PASSWORD, "PASSWORD"))
+def test_bad_url_argument_is_a_configuration_error(url: str, vault_env: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        VaultProvider("scaling/api", url=url, auth=TokenAuth("s.x"))
+    message = str(info.value)
+    assert_no_secret(PASSWORD, message, repr(info.value))
+    assert "url=" in message
+    assert "VAULT_ADDR" not in message
+
+
+@pytest.mark.parametrize("variable", ["VAULT_ADDR", "BAO_ADDR"])
+@pytest.mark.parametrize("url", BAD_ADDRESSES, ids=lambda url: url.replace(PASSWORD, "PASSWORD"))
+def test_bad_address_in_the_environment_names_the_variable(
+    url: str, variable: str, vault_env: pytest.MonkeyPatch
+) -> None:
+    vault_env.setenv(variable, url)
+    with pytest.raises(ConfigurationError) as info:
+        VaultProvider("scaling/api", auth=TokenAuth("s.x"))
+    message = str(info.value)
+    assert_no_secret(PASSWORD, message, repr(info.value))
+    assert variable in message

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from scaling_credentials import ConfigurationError, SourceURI
 from scaling_credentials.toolkit import format_query, get_logger, seconds, text_option
@@ -192,13 +192,13 @@ def configure(
 
 
 def _from_arguments(url: object, namespace: object, verify: object) -> dict[str, Any]:
-    address = url if url is not None else vault_env("ADDR")[0]
+    address, variable = (url, "") if url is not None else vault_env("ADDR")
     if not isinstance(address, str) or not address:
         raise ConfigurationError(
             "VaultProvider needs Vault's address: set VAULT_ADDR (or BAO_ADDR) "
             "(e.g. https://vault.example.com:8200) or pass url="
         )
-    parts = urlsplit(address)
+    parts = _split_address(address, variable or "url=")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"Vault's address must be an http(s) URL such as "
@@ -232,6 +232,26 @@ def _from_arguments(url: object, namespace: object, verify: object) -> dict[str,
         "cert": (client_cert, client_key) if client_cert and client_key else client_cert or None,
         "proxies": None,
     }
+
+
+def _split_address(address: str, setting: str) -> SplitResult:
+    """``address`` split, with a port Vault can listen on if it has one; ``setting``
+    (``VAULT_ADDR``, ``BAO_ADDR`` or ``url=``) is named in the error."""
+    problem = "the port must be a number from 1 to 65535"
+    try:
+        parts = urlsplit(address)
+    except ValueError:  # an unbalanced "[" or "]"
+        problem = "an IPv6 address needs both brackets, as in https://[::1]:8200"
+    else:
+        try:
+            port = parts.port
+        except ValueError:  # not a number, or above 65535
+            port = 0
+        if port != 0:
+            return parts
+    raise ConfigurationError(
+        f"Vault's address ({setting}) is not a usable URL: {problem}; got {safe_url(address)!r}"
+    )
 
 
 def _from_client(client: Any) -> dict[str, Any]:
