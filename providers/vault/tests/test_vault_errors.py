@@ -191,6 +191,33 @@ def test_kv1_on_a_kv2_mount_and_back(
     assert "kv1/ is a KV version 1 engine: use kv_version=1" in str(error)
 
 
+def test_kv1_answer_without_data_gives_no_kv2_hint(
+    provider_for: Callable[..., VaultProvider],
+    bao_root: hvac.Client,
+    secret_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bao_root.secrets.kv.v1.create_or_update_secret(
+        path=secret_path, secret={"api_key": KEY}, mount_point="kv1"
+    )
+    provider = provider_for(secret_path, mount_point="kv1", kv_version=1)
+    assert provider.fetch().reveal() == KEY
+    # An answer without "data" (an empty 200 or a 204, from a proxy say); KV v1 keeps
+    # no versions, so no "deleted version" or "undelete" hint applies.
+    monkeypatch.setattr(
+        hvac.api.secrets_engines.kv_v1.KvV1,
+        "read_secret",
+        lambda self, path, mount_point="secret": {"warnings": None},
+    )
+    error = fetch_error(provider)
+    assert type(error) is ProviderError
+    message = str(error)
+    assert f"answer for kv1/{secret_path} holds no data" in message
+    assert "undelete" not in message
+    assert "version" not in message.replace("KV version 1", "")
+    assert_clean(error, KEY)
+
+
 def test_unreachable_server(vault_env: pytest.MonkeyPatch) -> None:
     token = "s.UnreachableUnreachable12"
     provider = VaultProvider(

@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
+from scaling_credentials_vault._diagnosis import Probe
 from scaling_credentials_vault._errors import VaultCallError, call, clip
 
 TOKEN = "hvs.CAESIJ3n0tArEalT0kenButL0ng"
@@ -88,3 +89,13 @@ def test_transport_errors_drop_the_request() -> None:
     with pytest.raises(VaultCallError) as info:
         call(slow)
     assert info.value.kind == "timeout"
+
+
+def test_probe_repr_shows_no_credential() -> None:
+    # pytest --showlocals, Sentry and debuggers render a Probe held in a local variable.
+    secret_id = "5f1c0a2e-secret-id-9b7d"
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhcHAifQ.c2lnbmF0dXJl"
+    probe = Probe(client=object(), secrets=(TOKEN, secret_id, jwt, *jwt.split(".")))
+    text = repr(probe)
+    for secret in (TOKEN, secret_id, jwt, *jwt.split(".")):
+        assert_no_secret(secret, text, str(probe))

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit
 
 from scaling_credentials import ConfigurationError, SourceURI
 from scaling_credentials.toolkit import format_query, get_logger, seconds, text_option
@@ -52,6 +52,9 @@ class VaultSettings:
 
     ``session`` is the ``requests.Session`` of an hvac client the caller passed in (used
     as it is in the process that created the provider), else ``None``.
+
+    The ``repr`` shows the address and proxies without their ``user:password@``, and
+    only the type of the session.
     """
 
     path: str
@@ -65,6 +68,21 @@ class VaultSettings:
     proxies: Mapping[str, str] | None
     timeout: float
     session: Any = None
+
+    def __repr__(self) -> str:
+        proxies = (
+            None
+            if self.proxies is None
+            else {name: safe_url(str(address)) for name, address in self.proxies.items()}
+        )
+        session = None if self.session is None else f"<{type(self.session).__name__}>"
+        return (
+            f"VaultSettings(path={self.path!r}, field={self.field!r}, "
+            f"mount_point={self.mount_point!r}, kv_version={self.kv_version!r}, "
+            f"url={self.safe_url!r}, namespace={self.namespace!r}, verify={self.verify!r}, "
+            f"cert={self.cert!r}, proxies={proxies!r}, timeout={self.timeout!r}, "
+            f"session={session})"
+        )
 
     def describe(self) -> str:
         """``vault:<path>?mount=<mount>&field=<field>`` (``&kv=1`` for KV v1): no secret."""
@@ -91,13 +109,20 @@ class VaultSettings:
 
 
 def safe_url(url: str) -> str:
-    """``url`` without its ``user:password@`` part: safe for a log line."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    """``url`` without its ``user:password@`` part: safe for a log line.
+
+    The host and port are kept as written (an IPv6 address in its brackets); an
+    unusable port or bracket does not raise, so an address can be shown in the error
+    that refuses it.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
         return url
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    _, at, host_port = rest[:end].rpartition("@")
+    if not at:
+        return url
+    return f"{scheme}://{host_port}{rest[end:]}"
 
 
 def _is_loopback(host: str) -> bool:
@@ -167,13 +192,13 @@ def configure(
 
 
 def _from_arguments(url: object, namespace: object, verify: object) -> dict[str, Any]:
-    address = url if url is not None else vault_env("ADDR")[0]
+    address, variable = (url, "") if url is not None else vault_env("ADDR")
     if not isinstance(address, str) or not address:
         raise ConfigurationError(
             "VaultProvider needs Vault's address: set VAULT_ADDR (or BAO_ADDR) "
             "(e.g. https://vault.example.com:8200) or pass url="
         )
-    parts = urlsplit(address)
+    parts = _split_address(address, variable or "url=")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"Vault's address must be an http(s) URL such as "
@@ -207,6 +232,26 @@ def _from_arguments(url: object, namespace: object, verify: object) -> dict[str,
         "cert": (client_cert, client_key) if client_cert and client_key else client_cert or None,
         "proxies": None,
     }
+
+
+def _split_address(address: str, setting: str) -> SplitResult:
+    """``address`` split, with a port Vault can listen on if it has one; ``setting``
+    (``VAULT_ADDR``, ``BAO_ADDR`` or ``url=``) is named in the error."""
+    problem = "the port must be a number from 1 to 65535"
+    try:
+        parts = urlsplit(address)
+    except ValueError:  # an unbalanced "[" or "]"
+        problem = "an IPv6 address needs both brackets, as in https://[::1]:8200"
+    else:
+        try:
+            port = parts.port
+        except ValueError:  # not a number, or above 65535
+            port = 0
+        if port != 0:
+            return parts
+    raise ConfigurationError(
+        f"Vault's address ({setting}) is not a usable URL: {problem}; got {safe_url(address)!r}"
+    )
 
 
 def _from_client(client: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ These calls are made on failures only, never on a successful fetch.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from scaling_credentials import ProviderError, SecretNotFoundError
@@ -36,10 +36,11 @@ __all__ = [
 @dataclass(frozen=True)
 class Probe:
     """What the error path may ask Vault with: a client bearing the token the failed call
-    used, and the credentials to redact from any answer."""
+    used, and the credentials to redact from any answer (never in ``repr``: a Probe in a
+    local variable is rendered by pytest --showlocals, Sentry and debuggers)."""
 
     client: Any
-    secrets: tuple[str, ...]
+    secrets: tuple[str, ...] = field(repr=False)
 
 
 def provider_error(

@@ -205,6 +205,11 @@ class VaultProvider(Provider):
     def _read(self, login: _Login) -> ApiKey:
         document, metadata = self._read_secret(login.client.get(), self._secrets(login))
         if document is None:
+            if self._settings.kv_version == 1:  # no versions: nothing was "deleted"
+                raise provider_error(
+                    self._settings,
+                    f"Vault's answer for {self._settings.secret_path} holds no data",
+                )
             raise deleted_error(self._settings, metadata)
         desc = self.describe()
         value = field_from_object(document, self._settings.field, name=desc)
@@ -212,8 +217,8 @@ class VaultProvider(Provider):
         return make_key(value, source=desc, version=None if version is None else str(version))
 
     def _read_secret(self, client: Any, secrets: tuple[str, ...]) -> tuple[object, dict[str, Any]]:
-        """The secret's data (``None`` when its current KV v2 version was deleted) and its
-        KV v2 metadata (``{}`` for KV v1)."""
+        """The secret's data (``None`` when its current KV v2 version was deleted, or when
+        a KV v1 answer holds none) and its KV v2 metadata (``{}`` for KV v1)."""
         settings = self._settings
         if settings.kv_version == 1:
             answer = call(
