@@ -95,6 +95,7 @@ TOOLKIT = [
     "flag",
     "format_query",
     "get_logger",
+    "is_loopback",
     "json_type",
     "json_with_field",
     "looks_like_key",

@@ -24,11 +24,14 @@ Secrets in messages
 Options and URIs
     :func:`seconds`, :func:`whole_number`, :func:`port_number`, :func:`text_option` and
     :func:`flag` check configuration values with typed errors;
-    :func:`format_query` builds the query part of a ``describe()``. Source URIs are
+    :func:`format_query` builds the query part of a ``describe()``;
+    :func:`is_loopback` tells whether a host surely names this machine (where plain
+    ``http`` may carry a credential). Source URIs are
     parsed by :class:`~scaling_credentials.SourceURI`, whose :meth:`~SourceURI.param`
     and :meth:`~SourceURI.flag` read parameters.
 """
 
+from ._authcore import is_loopback
 from ._fileio import MAX_FILE_SIZE, read_capped_file
 from ._fork import PerProcess, after_fork
 from ._key import KEY_PREFIX, mask
@@ -54,6 +57,7 @@ __all__ = [
     "flag",
     "format_query",
     "get_logger",
+    "is_loopback",
     "json_type",
     "json_with_field",
     "looks_like_key",

@@ -115,3 +115,25 @@ def test_bad_address_in_the_environment_names_the_variable(
     message = str(info.value)
     assert_no_secret(PASSWORD, message, repr(info.value))
     assert variable in message
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://127.0.0.1:8200", False),
+        ("http://[::1]:8200", False),
+        ("http://[::ffff:127.0.0.1]:8200", False),
+        ("http://LOCALHOST:8200", False),
+        ("http://localhost.:8200", True),  # resolved through DNS
+        ("http://vault.example.com:8200", True),
+        ("https://vault.example.com:8200", False),
+    ],
+)
+def test_plain_http_is_quiet_only_to_a_loopback_address(
+    vault_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, url: str, warned: bool
+) -> None:
+    # The same loopback rule as the core's (toolkit.is_loopback), IPv4-mapped and any
+    # case of localhost included.
+    with caplog.at_level("WARNING", logger="scaling_credentials"):
+        settings_for(url=url)
+    assert any("plain http" in r.getMessage() for r in caplog.records) is warned

@@ -9,7 +9,6 @@ timeout) is kept here in :class:`VaultSettings`; the hvac clients are built from
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +16,13 @@ from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
 
 from scaling_credentials import ConfigurationError, SourceURI
-from scaling_credentials.toolkit import format_query, get_logger, seconds, text_option
+from scaling_credentials.toolkit import (
+    format_query,
+    get_logger,
+    is_loopback,
+    seconds,
+    text_option,
+)
 
 from ._auth import (
     DEFAULT_KUBERNETES_JWT_PATH,
@@ -125,15 +130,6 @@ def safe_url(url: str) -> str:
     return f"{scheme}://{host_port}{rest[end:]}"
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _name(value: object, what: str, needs: str) -> str:
     if not isinstance(value, str) or not value.strip("/ "):
         raise ConfigurationError(f"VaultProvider needs {needs}")
@@ -204,7 +200,7 @@ def _from_arguments(url: object, namespace: object, verify: object) -> dict[str,
             f"Vault's address must be an http(s) URL such as "
             f"https://vault.example.com:8200, got {safe_url(address)!r}"
         )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         logger.warning(
             "Vault address %s uses plain http to a non-loopback host: the Vault token "
             "and the key travel unencrypted; use https",
