@@ -139,9 +139,9 @@ class ParameterStoreProvider(BotoProvider):
         source would not read what is written), and a name rather than an ARN."""
         name = self.name
         if name.startswith("arn:"):
-            resource = name.split(":", 5)[-1]  # parameter/prod/x or parameter/simple
+            resource = name.split(":", 5)[-1]  # parameter/prod/x[:3] or parameter/simple
             rest = resource.removeprefix("parameter/")
-            return "/" + rest if "/" in rest else rest
+            name = "/" + rest if "/" in rest else rest
         if ":" in name:
             raise ConfigurationError(
                 f"{self.describe()}: this source reads a pinned version or label "
