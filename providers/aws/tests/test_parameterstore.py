@@ -304,6 +304,22 @@ def test_secret_only_options_are_refused_for_a_parameter(options: dict[str, Any]
         LambdaExtensionProvider("ssm:/prod/x", **options)
 
 
+@pytest.mark.parametrize("off", [False, "false", "0", "no", " Off "])
+def test_pending_fallback_turned_off_is_accepted_for_a_parameter(off: Any) -> None:
+    # The flag is read as flag() reads it: the string "false" is off, not a truthy value.
+    provider = LambdaExtensionProvider("ssm:/prod/x", pending_fallback=off)
+    assert provider.pending_fallback is False
+    assert provider.describe() == "aws-lambda-extension:ssm:/prod/x"
+
+
+@pytest.mark.parametrize("on", [True, "true", "1", "yes"])
+def test_pending_fallback_turned_on_is_refused_for_a_parameter(on: Any) -> None:
+    with pytest.raises(ConfigurationError, match="apply to secrets"):
+        LambdaExtensionProvider("ssm:/prod/x", pending_fallback=on)
+    with pytest.raises(ConfigurationError):
+        provider_from_uri(f"aws-lambda-extension:ssm:/prod/x?pending_fallback={on}")
+
+
 def test_extension_uri_for_a_parameter() -> None:
     provider = provider_from_uri("aws-lambda-extension:ssm:/prod/scaling/api-key?field=k")
     assert isinstance(provider, LambdaExtensionProvider)

@@ -123,7 +123,13 @@ class LambdaExtensionProvider(Provider):
         self.field = text_option(field, "field", optional=True)
         self.version_stage = text_option(version_stage, "version_stage", optional=True)
         self.version_id = text_option(version_id, "version_id", optional=True)
-        if self.parameter is not None and (version_stage or version_id or pending_fallback):
+        # Parsed before the check below: "false" is off, though a non-empty string.
+        self.pending_fallback = pending_fallback_option(
+            pending_fallback, version_stage=self.version_stage, version_id=self.version_id
+        )
+        if self.parameter is not None and (
+            self.version_stage or self.version_id or self.pending_fallback
+        ):
             raise ConfigurationError(
                 "version_stage, version_id and pending_fallback apply to secrets, not to an "
                 "ssm: parameter (select a parameter's version as ssm:NAME:VERSION)"
@@ -131,9 +137,6 @@ class LambdaExtensionProvider(Provider):
         self.port = _resolve_port(port, os.environ)
         self.timeout = seconds(timeout, "timeout", allow_zero=False)
         self.ready_timeout = seconds(ready_timeout, "ready_timeout")
-        self.pending_fallback = pending_fallback_option(
-            pending_fallback, version_stage=self.version_stage, version_id=self.version_id
-        )
         self._http = ExtensionHTTP(
             port=self.port,
             timeout=self.timeout,
