@@ -21,8 +21,14 @@ from scaling_credentials import (
     provider_from_uri,
 )
 from scaling_credentials.testing import FakeScalingAPI, rotate_and_revoke, run_rotation_threads
-from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
+from scaling_credentials.testing.provider_suite import (
+    assert_key_is,
+    assert_no_secret,
+    assert_no_secret_in_error,
+    good_value,
+)
 from scaling_credentials_aws import LambdaExtensionProvider, ParameterStoreProvider
+from scaling_credentials_aws._values import key_from_parameter
 
 KEY_A = good_value("alpha")
 KEY_B = good_value("bravo")
@@ -211,6 +217,70 @@ def test_rotation_under_threads_fails_no_request(
     assert run.failed == 0 and run.retried >= 1
     assert cache.peek() is not None and cache.peek() == provider.fetch()
     assert provider.fetch().version == "4"  # three rotations after the first version
+
+
+# ---------------------------------------------------------------------- one reading of an answer
+
+
+def _read_parameter_answer(
+    via: str, document: dict[str, Any], scripted_sm: Any, fake_extension: Callable[..., Any]
+) -> Any:
+    """The key both providers make of the same GetParameter answer ``document``."""
+    if via == "aws-ssm":
+        scripted_sm.script((200, document))
+        return ParameterStoreProvider(
+            "/prod/x",
+            endpoint_url=scripted_sm.endpoint,
+            session=boto3.session.Session(
+                region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+            ),
+            max_attempts=1,
+        ).fetch()
+    extension = fake_extension(scripted=[(200, json.dumps(document).encode())])
+    return LambdaExtensionProvider("ssm:/prod/x", port=extension.port).fetch()
+
+
+@pytest.mark.parametrize("via", ["aws-ssm", "aws-lambda-extension"])
+@pytest.mark.parametrize(
+    ("version", "expected"), [(4, "4"), ("4", None), (True, None), (None, None), ("x", None)]
+)
+def test_both_providers_read_a_parameters_version_alike(
+    scripted_sm: Any,
+    fake_extension: Callable[..., Any],
+    via: str,
+    version: Any,
+    expected: str | None,
+) -> None:
+    parameter: dict[str, Any] = {"Name": "/prod/x", "Value": KEY_A, "Type": "SecureString"}
+    if version is not None:
+        parameter["Version"] = version
+    key = _read_parameter_answer(via, {"Parameter": parameter}, scripted_sm, fake_extension)
+    assert_key_is(key, KEY_A)
+    assert key.version == expected  # only an integer is a parameter's version
+
+
+@pytest.mark.parametrize("via", ["aws-ssm", "aws-lambda-extension"])
+@pytest.mark.parametrize(
+    "document",
+    [{"Parameter": {"Name": "/prod/x", "Version": 1}}, {"Parameter": {"Value": 5}}, {}],
+)
+def test_both_providers_refuse_an_answer_without_a_value_alike(
+    scripted_sm: Any, fake_extension: Callable[..., Any], via: str, document: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidKeyFormatError, match=r"no Parameter\.Value string"):
+        _read_parameter_answer(via, document, scripted_sm, fake_extension)
+
+
+def test_key_from_parameter_reads_a_field_and_never_quotes_the_value() -> None:
+    secret = "not-a-key-but-secret-all-the-same"
+    key = key_from_parameter(
+        {"Value": json.dumps({"api_key": KEY_A}), "Version": 2}, field="api_key", source="s:x"
+    )
+    assert_key_is(key, KEY_A)
+    assert (key.version, key.source) == ("2", "s:x")
+    with pytest.raises(InvalidKeyFormatError) as info:
+        key_from_parameter({"Value": secret, "Version": 2}, field=None, source="s:x")
+    assert_no_secret_in_error(secret, info.value)
 
 
 # ---------------------------------------------------------------------- through the extension

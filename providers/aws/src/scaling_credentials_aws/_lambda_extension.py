@@ -56,7 +56,7 @@ from ._pending import (
     pending_or_none,
     prefer_pending,
 )
-from ._values import key_from_secret, key_from_text
+from ._values import key_from_parameter, key_from_secret
 
 __all__ = [
     "DEFAULT_PORT",
@@ -220,19 +220,7 @@ class LambdaExtensionProvider(Provider):
     def _to_key(self, document: dict[str, Any], stage: str | None = None) -> ApiKey:
         source = self._describe(stage) if stage else self.describe()
         if self.parameter is not None:
-            parameter = document.get("Parameter")
-            value = parameter.get("Value") if isinstance(parameter, dict) else None
-            if not isinstance(value, str):
-                raise InvalidKeyFormatError(
-                    f"{source}: the extension's answer has no Parameter.Value string"
-                )
-            version = parameter.get("Version") if isinstance(parameter, dict) else None
-            return key_from_text(
-                value,
-                field=self.field,
-                source=source,
-                version=str(version) if isinstance(version, int) else None,
-            )
+            return key_from_parameter(document.get("Parameter"), field=self.field, source=source)
         secret_string = document.get("SecretString")
         secret_binary: bytes | None = None
         raw_binary = document.get("SecretBinary")
