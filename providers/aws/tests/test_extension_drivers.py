@@ -24,7 +24,8 @@ from scaling_credentials.testing.provider_suite import (
     error_texts,
     good_value,
 )
-from scaling_credentials_aws import LambdaExtensionProvider
+from scaling_credentials.toolkit import redact
+from scaling_credentials_aws import LambdaExtensionProvider, _aws_errors, _extension_http
 from scaling_credentials_aws._extension_http import (
     MAX_ANSWER,
     Exchange,
@@ -261,6 +262,29 @@ def test_a_compressed_answer_is_refused_without_inflating_it(
     assert "another program" in str(info.value)
     (hit,) = hostile_server.hits
     assert hit.headers.get("accept-encoding") == "identity"
+
+
+def test_a_successful_answer_is_not_run_through_redaction(
+    drive: Driver,
+    fake_extension: Callable[..., Any],
+    sm: Any,
+    secret_name: str,
+    put: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Redaction is for texts built from error answers; a 200's body (the key) needs none.
+    seen: list[str] = []
+
+    def spy(text: str, secrets: Any = ()) -> str:
+        seen.append(text)
+        return redact(text, secrets)
+
+    monkeypatch.setattr(_aws_errors, "redact", spy)
+    monkeypatch.setattr(_extension_http, "redact", spy)
+    put(sm, secret_name, SecretString=KEY_A)
+    extension = fake_extension()
+    assert_key_is(drive.fetch(LambdaExtensionProvider(secret_name, port=extension.port)), KEY_A)
+    assert_no_secret(KEY_A, *seen)
 
 
 @pytest.mark.parametrize(("answer", "error", "match"), ODD_ANSWERS + AWS_ERRORS)

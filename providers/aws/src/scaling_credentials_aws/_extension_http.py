@@ -317,7 +317,6 @@ class ExtensionHTTP:
     def _interpret(self, answer: _Answer, exchange: Exchange, request: _Request) -> dict[str, Any]:
         source = self.source
         status, body = answer.status, answer.body
-        text = short(body[:2000].decode("utf-8", "replace"), 120, secrets=request.secrets)
         if status == 200:
             try:
                 document = json.loads(body)
@@ -330,6 +329,8 @@ class ExtensionHTTP:
                     provider=source,
                 )
             return document
+        # Built only for an error answer: a 200's body is the key, and needs no redaction.
+        text = short(body[:2000].decode("utf-8", "replace"), 120, secrets=request.secrets)
         if status == 503 or (status == 400 and "not ready" in text.lower()):
             raise _NotReady(f"{status}: {text}")
         code, message = _aws_error(body, request.secrets)
