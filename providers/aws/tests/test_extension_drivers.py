@@ -264,6 +264,17 @@ def test_a_compressed_answer_is_refused_without_inflating_it(
     assert hit.headers.get("accept-encoding") == "identity"
 
 
+def test_an_unknown_aws_error_type_is_quoted_cut_short(
+    drive: Driver, fake_extension: Callable[..., Any]
+) -> None:
+    code = "Odd" + "x" * 5000
+    extension = fake_extension(scripted=[_aws(code, "odd")])
+    with pytest.raises(ProviderError, match="failed with Oddxxx") as info:
+        drive.fetch(LambdaExtensionProvider("x", port=extension.port))
+    assert code[:80] not in str(info.value)  # at most 80 characters of it
+    assert len(str(info.value)) < 400
+
+
 def test_a_successful_answer_is_not_run_through_redaction(
     drive: Driver,
     fake_extension: Callable[..., Any],
