@@ -7,18 +7,31 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 
 from scaling_credentials import ProviderError, ScalingCredentialsError, SecretNotFoundError
 from scaling_credentials.testing import HostileServer, free_port
-from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
-from scaling_credentials_aws import LambdaExtensionProvider
-from scaling_credentials_aws._extension_http import MAX_ANSWER, retry_waits
+from scaling_credentials.testing.provider_suite import (
+    assert_key_is,
+    assert_no_secret,
+    error_texts,
+    good_value,
+)
+from scaling_credentials.toolkit import redact
+from scaling_credentials_aws import LambdaExtensionProvider, _aws_errors, _extension_http
+from scaling_credentials_aws._extension_http import (
+    MAX_ANSWER,
+    Exchange,
+    ExtensionHTTP,
+    retry_waits,
+)
 
 KEY_A = good_value("alpha")
 KEY_B = good_value("bravo")
@@ -251,6 +264,40 @@ def test_a_compressed_answer_is_refused_without_inflating_it(
     assert hit.headers.get("accept-encoding") == "identity"
 
 
+def test_an_unknown_aws_error_type_is_quoted_cut_short(
+    drive: Driver, fake_extension: Callable[..., Any]
+) -> None:
+    code = "Odd" + "x" * 5000
+    extension = fake_extension(scripted=[_aws(code, "odd")])
+    with pytest.raises(ProviderError, match="failed with Oddxxx") as info:
+        drive.fetch(LambdaExtensionProvider("x", port=extension.port))
+    assert code[:80] not in str(info.value)  # at most 80 characters of it
+    assert len(str(info.value)) < 400
+
+
+def test_a_successful_answer_is_not_run_through_redaction(
+    drive: Driver,
+    fake_extension: Callable[..., Any],
+    sm: Any,
+    secret_name: str,
+    put: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Redaction is for texts built from error answers; a 200's body (the key) needs none.
+    seen: list[str] = []
+
+    def spy(text: str, secrets: Any = ()) -> str:
+        seen.append(text)
+        return redact(text, secrets)
+
+    monkeypatch.setattr(_aws_errors, "redact", spy)
+    monkeypatch.setattr(_extension_http, "redact", spy)
+    put(sm, secret_name, SecretString=KEY_A)
+    extension = fake_extension()
+    assert_key_is(drive.fetch(LambdaExtensionProvider(secret_name, port=extension.port)), KEY_A)
+    assert_no_secret(KEY_A, *seen)
+
+
 @pytest.mark.parametrize(("answer", "error", "match"), ODD_ANSWERS + AWS_ERRORS)
 def test_odd_statuses_and_aws_errors_give_typed_errors(
     drive: Driver,
@@ -366,3 +413,78 @@ def test_a_refused_token_is_never_quoted_even_when_echoed(
         drive.fetch(LambdaExtensionProvider("x", port=extension.port))
     assert "AWS_SESSION_TOKEN" in str(info.value) and "****" in str(info.value)
     _token_absent(info.value, caplog.text, token=other)
+
+
+# ---------------------------------------------------------------------- a malformed token
+
+
+# Tokens no HTTP header can carry. Not shaped like an AWS session token, so that only the
+# redaction of the token itself (not a generic credential pattern) would hide them.
+MALFORMED_TOKENS = {
+    "newline": "tok7Qx2LmPzR9vK4wNc/first+line==\nzU8bYe3HsJd6TfGq/second+line==",
+    "non-ascii": "tok7Qx2LmPzR9vK4wNc/before+the+\u00e9zU8bYe3HsJd6TfGq/after+it==",
+}
+
+
+@pytest.mark.parametrize("variable", ["AWS_SESSION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN"])
+@pytest.mark.parametrize("case", sorted(MALFORMED_TOKENS))
+def test_a_token_no_header_can_carry_is_refused_unsent_and_unquoted(
+    drive: Driver,
+    fake_extension: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    variable: str,
+    case: str,
+) -> None:
+    token = MALFORMED_TOKENS[case]
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    monkeypatch.setenv(variable, token)
+    extension = fake_extension()
+    provider = LambdaExtensionProvider("x", port=extension.port, ready_timeout=0.05)
+    with (
+        caplog.at_level(logging.DEBUG),
+        pytest.raises(ProviderError, match=variable) as info,
+    ):
+        drive.fetch(provider)
+    assert "visible ASCII" in str(info.value)
+    assert extension.requests == []  # refused before anything was sent
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    texts = [*error_texts(info.value), caplog.text]
+    # The token, and each run of it an escaped or truncated rendering could show.
+    for part in (token, quote(token, safe=""), *re.split(r"[^\x21-\x7e]", token)):
+        assert_no_secret(part, *texts)
+
+
+def test_a_token_with_surrounding_whitespace_is_sent_stripped(
+    drive: Driver,
+    fake_extension: Callable[..., Any],
+    sm: Any,
+    secret_name: str,
+    put: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    put(sm, secret_name, SecretString=KEY_A)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", f" {SESSION_TOKEN}\n")
+    extension = fake_extension()
+    assert_key_is(drive.fetch(LambdaExtensionProvider(secret_name, port=extension.port)), KEY_A)
+    assert [r.token for r in extension.requests] == [SESSION_TOKEN]
+
+
+def test_an_http_error_quoting_the_token_is_redacted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A token not shaped like any credential: only redacting the token itself hides it.
+    token = "tok7Qx2LmPzR9vK4wNc/plain+visible+ascii=="
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "orders")  # a refused connection is retried
+    http = ExtensionHTTP(port=free_port(), timeout=1.0, ready_timeout=1.0, source="ext:x")
+    exchange = Exchange("/secretsmanager/get?secretId=x", "secret", False, ProviderError)
+    request = http._request(exchange)
+    said = f"header b'{token}' (%s)" % quote(token, safe="")
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        assert http._settle(httpx.ConnectError(said), exchange, request, last=False) is None
+    assert "retrying" in caplog.text
+    with pytest.raises(ProviderError, match="nothing answers") as info:
+        http._settle(httpx.LocalProtocolError(said), exchange, request, last=True)
+    for form in (token, quote(token, safe="")):
+        assert_no_secret(form, caplog.text, *error_texts(info.value))

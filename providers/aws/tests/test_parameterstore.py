@@ -21,8 +21,14 @@ from scaling_credentials import (
     provider_from_uri,
 )
 from scaling_credentials.testing import FakeScalingAPI, rotate_and_revoke, run_rotation_threads
-from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
+from scaling_credentials.testing.provider_suite import (
+    assert_key_is,
+    assert_no_secret,
+    assert_no_secret_in_error,
+    good_value,
+)
 from scaling_credentials_aws import LambdaExtensionProvider, ParameterStoreProvider
+from scaling_credentials_aws._values import key_from_parameter
 
 KEY_A = good_value("alpha")
 KEY_B = good_value("bravo")
@@ -213,6 +219,70 @@ def test_rotation_under_threads_fails_no_request(
     assert provider.fetch().version == "4"  # three rotations after the first version
 
 
+# ---------------------------------------------------------------------- one reading of an answer
+
+
+def _read_parameter_answer(
+    via: str, document: dict[str, Any], scripted_sm: Any, fake_extension: Callable[..., Any]
+) -> Any:
+    """The key both providers make of the same GetParameter answer ``document``."""
+    if via == "aws-ssm":
+        scripted_sm.script((200, document))
+        return ParameterStoreProvider(
+            "/prod/x",
+            endpoint_url=scripted_sm.endpoint,
+            session=boto3.session.Session(
+                region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+            ),
+            max_attempts=1,
+        ).fetch()
+    extension = fake_extension(scripted=[(200, json.dumps(document).encode())])
+    return LambdaExtensionProvider("ssm:/prod/x", port=extension.port).fetch()
+
+
+@pytest.mark.parametrize("via", ["aws-ssm", "aws-lambda-extension"])
+@pytest.mark.parametrize(
+    ("version", "expected"), [(4, "4"), ("4", None), (True, None), (None, None), ("x", None)]
+)
+def test_both_providers_read_a_parameters_version_alike(
+    scripted_sm: Any,
+    fake_extension: Callable[..., Any],
+    via: str,
+    version: Any,
+    expected: str | None,
+) -> None:
+    parameter: dict[str, Any] = {"Name": "/prod/x", "Value": KEY_A, "Type": "SecureString"}
+    if version is not None:
+        parameter["Version"] = version
+    key = _read_parameter_answer(via, {"Parameter": parameter}, scripted_sm, fake_extension)
+    assert_key_is(key, KEY_A)
+    assert key.version == expected  # only an integer is a parameter's version
+
+
+@pytest.mark.parametrize("via", ["aws-ssm", "aws-lambda-extension"])
+@pytest.mark.parametrize(
+    "document",
+    [{"Parameter": {"Name": "/prod/x", "Version": 1}}, {"Parameter": {"Value": 5}}, {}],
+)
+def test_both_providers_refuse_an_answer_without_a_value_alike(
+    scripted_sm: Any, fake_extension: Callable[..., Any], via: str, document: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidKeyFormatError, match=r"no Parameter\.Value string"):
+        _read_parameter_answer(via, document, scripted_sm, fake_extension)
+
+
+def test_key_from_parameter_reads_a_field_and_never_quotes_the_value() -> None:
+    secret = "not-a-key-but-secret-all-the-same"
+    key = key_from_parameter(
+        {"Value": json.dumps({"api_key": KEY_A}), "Version": 2}, field="api_key", source="s:x"
+    )
+    assert_key_is(key, KEY_A)
+    assert (key.version, key.source) == ("2", "s:x")
+    with pytest.raises(InvalidKeyFormatError) as info:
+        key_from_parameter({"Value": secret, "Version": 2}, field=None, source="s:x")
+    assert_no_secret_in_error(secret, info.value)
+
+
 # ---------------------------------------------------------------------- through the extension
 
 
@@ -302,6 +372,22 @@ def test_rotation_through_the_extension_under_threads_fails_no_request(
 def test_secret_only_options_are_refused_for_a_parameter(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError, match="apply to secrets"):
         LambdaExtensionProvider("ssm:/prod/x", **options)
+
+
+@pytest.mark.parametrize("off", [False, "false", "0", "no", " Off "])
+def test_pending_fallback_turned_off_is_accepted_for_a_parameter(off: Any) -> None:
+    # The flag is read as flag() reads it: the string "false" is off, not a truthy value.
+    provider = LambdaExtensionProvider("ssm:/prod/x", pending_fallback=off)
+    assert provider.pending_fallback is False
+    assert provider.describe() == "aws-lambda-extension:ssm:/prod/x"
+
+
+@pytest.mark.parametrize("on", [True, "true", "1", "yes"])
+def test_pending_fallback_turned_on_is_refused_for_a_parameter(on: Any) -> None:
+    with pytest.raises(ConfigurationError, match="apply to secrets"):
+        LambdaExtensionProvider("ssm:/prod/x", pending_fallback=on)
+    with pytest.raises(ConfigurationError):
+        provider_from_uri(f"aws-lambda-extension:ssm:/prod/x?pending_fallback={on}")
 
 
 def test_extension_uri_for_a_parameter() -> None:

@@ -204,6 +204,21 @@ def test_a_pinned_parameter_cannot_store(parameter_store: Callable[..., Any]) ->
         parameter_store("/prod/scaling/api-key:3").store(ApiKey(KEY_B))
 
 
+@pytest.mark.parametrize("selector", ["1", "live"])
+def test_a_pinned_parameter_arn_cannot_store(
+    parameter_store: Callable[..., Any], ssm: Any, parameter_name: str, selector: str
+) -> None:
+    ssm.put_parameter(Name=parameter_name, Value=KEY_A, Type="SecureString")
+    ssm.label_parameter_version(Name=parameter_name, ParameterVersion=1, Labels=["live"])
+    arn = f"arn:aws:ssm:us-east-1:123456789012:parameter{parameter_name}:{selector}"
+    with pytest.raises(ConfigurationError, match="pinned version or label") as info:
+        parameter_store(arn).store(ApiKey(KEY_B))
+    assert repr(selector) in str(info.value)
+    answer = ssm.get_parameter(Name=parameter_name, WithDecryption=True)["Parameter"]
+    assert answer["Version"] == 1  # nothing written
+    assert_key_is(parameter_store(parameter_name).fetch(), KEY_A)
+
+
 def test_a_missing_parameter_says_to_create_it(
     parameter_store: Callable[..., Any], parameter_name: str
 ) -> None:

@@ -211,7 +211,9 @@ def error_for_code(
             "cache retries with backoff",
             provider=provider,
         )
+    # An unknown code is quoted cut short: the extension's body (any program on its port)
+    # may hold anything there.
     return ProviderError(
-        f"{provider}: {operation} for {name!r} failed with {code}{tries}{said}",
+        f"{provider}: {operation} for {name!r} failed with {short(code, 80)}{tries}{said}",
         provider=provider,
     )

@@ -237,8 +237,17 @@ class ExtensionHTTP:
 
     def _request(self, exchange: Exchange) -> _Request:
         for name in TOKEN_ENVS:
-            token = os.environ.get(name)
+            token = os.environ.get(name, "").strip()
             if token:
+                if not _visible_ascii(token):
+                    # Refused here, by name only: httpx would refuse it with an error that
+                    # quotes the header's value (or, past ASCII, holds it in .object).
+                    raise ProviderError(
+                        f"{self.source}: {name} holds characters other than visible ASCII, "
+                        f"which the extension's {TOKEN_HEADER} header cannot carry; is "
+                        "something rewriting the environment?",
+                        provider=self.source,
+                    )
                 return _Request(
                     self.url + exchange.path,
                     # No compression: a compressed answer could inflate past any cap.
@@ -277,7 +286,8 @@ class ExtensionHTTP:
                     provider=source,
                 )
         elif isinstance(outcome, httpx.ConnectError) and _may_be_starting() and not last:
-            problem = f"{type(outcome).__name__}: {short(str(outcome), 120)}"
+            said = short(str(outcome), 120, secrets=request.secrets)
+            problem = f"{type(outcome).__name__}: {said}"
         elif isinstance(outcome, (httpx.TimeoutException, _TooSlow)):
             raise ProviderError(
                 f"{source}: the extension did not answer within {self.timeout:g} s; on a "
@@ -300,14 +310,13 @@ class ExtensionHTTP:
                 provider=source,
             )
         else:
-            raise self._unreachable(outcome)
+            raise self._unreachable(outcome, request)
         logger.info("%s: the extension is not ready (%s), retrying", source, problem)
         return None
 
     def _interpret(self, answer: _Answer, exchange: Exchange, request: _Request) -> dict[str, Any]:
         source = self.source
         status, body = answer.status, answer.body
-        text = short(body[:2000].decode("utf-8", "replace"), 120, secrets=request.secrets)
         if status == 200:
             try:
                 document = json.loads(body)
@@ -320,6 +329,8 @@ class ExtensionHTTP:
                     provider=source,
                 )
             return document
+        # Built only for an error answer: a 200's body is the key, and needs no redaction.
+        text = short(body[:2000].decode("utf-8", "replace"), 120, secrets=request.secrets)
         if status == 503 or (status == 400 and "not ready" in text.lower()):
             raise _NotReady(f"{status}: {text}")
         code, message = _aws_error(body, request.secrets)
@@ -343,7 +354,7 @@ class ExtensionHTTP:
             )
         raise ProviderError(f"{source}: the extension answered {status} ({text})", provider=source)
 
-    def _unreachable(self, exc: Exception) -> ProviderError:
+    def _unreachable(self, exc: Exception, request: _Request) -> ProviderError:
         in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
         where = (
             "the AWS Parameters and Secrets Lambda Extension layer is not attached to this "
@@ -355,7 +366,7 @@ class ExtensionHTTP:
         # httpx's exception is not chained: it holds the request, token header included.
         return ProviderError(
             f"{self.source}: nothing answers on {self.url} ({type(exc).__name__}: "
-            f"{short(str(exc), 120)}); {where}",
+            f"{short(str(exc), 120, secrets=request.secrets)}); {where}",
             provider=self.source,
         )
 
@@ -365,6 +376,11 @@ def _no_tls_context() -> ssl.SSLContext:
     # trust store instead of the CA bundle saves ~0.2 s of cold start, and would fail
     # closed (trusting nothing) if TLS ever did happen.
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def _visible_ascii(text: str) -> bool:
+    """Whether ``text`` is all visible ASCII (``!`` to ``~``): what a header value can be."""
+    return all("!" <= char <= "~" for char in text)
 
 
 def _may_be_starting() -> bool:

@@ -56,7 +56,7 @@ from ._pending import (
     pending_or_none,
     prefer_pending,
 )
-from ._values import key_from_secret, key_from_text
+from ._values import key_from_parameter, key_from_secret
 
 __all__ = [
     "DEFAULT_PORT",
@@ -123,7 +123,13 @@ class LambdaExtensionProvider(Provider):
         self.field = text_option(field, "field", optional=True)
         self.version_stage = text_option(version_stage, "version_stage", optional=True)
         self.version_id = text_option(version_id, "version_id", optional=True)
-        if self.parameter is not None and (version_stage or version_id or pending_fallback):
+        # Parsed before the check below: "false" is off, though a non-empty string.
+        self.pending_fallback = pending_fallback_option(
+            pending_fallback, version_stage=self.version_stage, version_id=self.version_id
+        )
+        if self.parameter is not None and (
+            self.version_stage or self.version_id or self.pending_fallback
+        ):
             raise ConfigurationError(
                 "version_stage, version_id and pending_fallback apply to secrets, not to an "
                 "ssm: parameter (select a parameter's version as ssm:NAME:VERSION)"
@@ -131,9 +137,6 @@ class LambdaExtensionProvider(Provider):
         self.port = _resolve_port(port, os.environ)
         self.timeout = seconds(timeout, "timeout", allow_zero=False)
         self.ready_timeout = seconds(ready_timeout, "ready_timeout")
-        self.pending_fallback = pending_fallback_option(
-            pending_fallback, version_stage=self.version_stage, version_id=self.version_id
-        )
         self._http = ExtensionHTTP(
             port=self.port,
             timeout=self.timeout,
@@ -217,19 +220,7 @@ class LambdaExtensionProvider(Provider):
     def _to_key(self, document: dict[str, Any], stage: str | None = None) -> ApiKey:
         source = self._describe(stage) if stage else self.describe()
         if self.parameter is not None:
-            parameter = document.get("Parameter")
-            value = parameter.get("Value") if isinstance(parameter, dict) else None
-            if not isinstance(value, str):
-                raise InvalidKeyFormatError(
-                    f"{source}: the extension's answer has no Parameter.Value string"
-                )
-            version = parameter.get("Version") if isinstance(parameter, dict) else None
-            return key_from_text(
-                value,
-                field=self.field,
-                source=source,
-                version=str(version) if isinstance(version, int) else None,
-            )
+            return key_from_parameter(document.get("Parameter"), field=self.field, source=source)
         secret_string = document.get("SecretString")
         secret_binary: bytes | None = None
         raw_binary = document.get("SecretBinary")

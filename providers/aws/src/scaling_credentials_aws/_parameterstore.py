@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from scaling_credentials import (
     ApiKey,
     ConfigurationError,
-    InvalidKeyFormatError,
     SecretNotFoundError,
     SourceURI,
 )
@@ -20,7 +19,7 @@ from scaling_credentials.toolkit import format_query, json_with_field, text_opti
 
 from ._aws_errors import PARAMETER_STORE
 from ._boto import BotoProvider
-from ._values import key_from_text
+from ._values import key_from_parameter
 
 if TYPE_CHECKING:
     import boto3
@@ -94,17 +93,7 @@ class ParameterStoreProvider(BotoProvider):
     def fetch(self) -> ApiKey:
         source = self.describe()
         answer = self.call("GetParameter", Name=self.name, WithDecryption=True)
-        parameter = answer.get("Parameter") or {}
-        value = parameter.get("Value")
-        if not isinstance(value, str):
-            raise InvalidKeyFormatError(f"{source}: the parameter has no value")
-        version = parameter.get("Version")
-        return key_from_text(
-            value,
-            field=self.field,
-            source=source,
-            version=str(version) if version is not None else None,
-        )
+        return key_from_parameter(answer.get("Parameter"), field=self.field, source=source)
 
     # ------------------------------------------------------------------ store
 
@@ -139,9 +128,9 @@ class ParameterStoreProvider(BotoProvider):
         source would not read what is written), and a name rather than an ARN."""
         name = self.name
         if name.startswith("arn:"):
-            resource = name.split(":", 5)[-1]  # parameter/prod/x or parameter/simple
+            resource = name.split(":", 5)[-1]  # parameter/prod/x[:3] or parameter/simple
             rest = resource.removeprefix("parameter/")
-            return "/" + rest if "/" in rest else rest
+            name = "/" + rest if "/" in rest else rest
         if ":" in name:
             raise ConfigurationError(
                 f"{self.describe()}: this source reads a pinned version or label "

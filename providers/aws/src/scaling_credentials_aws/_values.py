@@ -5,7 +5,7 @@ from __future__ import annotations
 from scaling_credentials import ApiKey, InvalidKeyFormatError
 from scaling_credentials.toolkit import decode_text, field_from_json, make_key
 
-__all__ = ["key_from_secret", "key_from_text"]
+__all__ = ["key_from_parameter", "key_from_secret", "key_from_text"]
 
 
 def key_from_secret(
@@ -31,6 +31,24 @@ def key_from_secret(
             f"{source}: the secret version holds neither SecretString nor SecretBinary"
         )
     return key_from_text(text, field=field, source=source, version=version)
+
+
+def key_from_parameter(parameter: object, *, field: str | None, source: str) -> ApiKey:
+    """Build the key from GetParameter's ``Parameter`` object (boto3's, or the
+    extension's JSON): its ``Value`` string, its ``Version`` (an integer; anything else
+    gives no version). ``field`` picks a key of a JSON value. Errors say what is wrong,
+    never the value."""
+    value = parameter.get("Value") if isinstance(parameter, dict) else None
+    if not isinstance(value, str):
+        raise InvalidKeyFormatError(
+            f"{source}: the parameter has no value (the answer has no Parameter.Value string)"
+        )
+    version = parameter.get("Version") if isinstance(parameter, dict) else None
+    # bool is an int too, but no version.
+    numbered = isinstance(version, int) and not isinstance(version, bool)
+    return key_from_text(
+        value, field=field, source=source, version=str(version) if numbered else None
+    )
 
 
 def key_from_text(text: str, *, field: str | None, source: str, version: str | None) -> ApiKey:
