@@ -69,6 +69,7 @@ TESTING = [
     "run_prefork_rotation",
     "run_rotation_tasks",
     "run_rotation_threads",
+    "wait_child",
     "wait_for_port",
 ]
 
