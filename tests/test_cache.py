@@ -23,7 +23,13 @@ from scaling_credentials import (
     ProviderTimeoutError,
     SecretNotFoundError,
 )
-from scaling_credentials.testing import FakeClock, MemoryProvider, memory_cache, run_in_threads
+from scaling_credentials.testing import (
+    FakeClock,
+    MemoryProvider,
+    memory_cache,
+    run_in_threads,
+    wait_child,
+)
 from scaling_credentials.testing.provider_suite import assert_no_secret
 
 K1 = "scl_live_firstkey0123456789abcd"
@@ -934,8 +940,7 @@ def test_a_cache_warmed_before_fork_works_in_the_child() -> None:
         finally:
             os._exit(code)
     provider.gate.set()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_child(pid) == 0
 
 
 def test_stats_and_repr_hold_no_secret() -> None:

@@ -24,7 +24,7 @@ from scaling_credentials import (
     ProviderError,
     SecretNotFoundError,
 )
-from scaling_credentials.testing import FakeClock, MemoryProvider, run_in_threads
+from scaling_credentials.testing import FakeClock, MemoryProvider, run_in_threads, wait_child
 
 K1 = "scl_live_firstkey0123456789abcd"
 K2 = "scl_live_secondkey0123456789wxyz"
@@ -207,9 +207,9 @@ def _lifetimes_in_children(cache: KeyCache, clock: FakeClock, children: int) -> 
             finally:
                 os._exit(0)
         os.close(write_end)
+        assert wait_child(pid) == 0  # its short answer waits in the pipe
         with os.fdopen(read_end) as reader:
             answers.append(reader.read())
-        os.waitpid(pid, 0)
     return answers
 
 

@@ -28,7 +28,7 @@ from scaling_credentials import (
     SecretNotFoundError,
 )
 from scaling_credentials._file import MAX_FILE_SIZE
-from scaling_credentials.testing import MemoryProvider, SecretVolume
+from scaling_credentials.testing import MemoryProvider, SecretVolume, wait_child
 from scaling_credentials.testing.provider_suite import assert_no_secret
 
 MARKER = "LEAKMARKER3e4r"
@@ -340,8 +340,8 @@ def _fetch_as_nobody(path: Path) -> str:
             chunks.append(chunk)
     finally:
         os.close(read_end)
-        _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        code = wait_child(pid, 30)
+    assert code == 0
     return b"".join(chunks).decode()
 
 

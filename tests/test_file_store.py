@@ -21,7 +21,7 @@ from scaling_credentials import (
     ProviderError,
     provider_from_uri,
 )
-from scaling_credentials.testing import SecretVolume
+from scaling_credentials.testing import SecretVolume, wait_child
 from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
 
 JOIN_TIMEOUT = 60.0
@@ -205,10 +205,10 @@ def store_as_nobody(path: Path, value: str) -> tuple[int, str]:
         finally:
             os._exit(code)
     os.close(write_end)
+    code = wait_child(pid, JOIN_TIMEOUT)  # its short message waits in the pipe
     with os.fdopen(read_end, "rb") as pipe:
         message = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), message
+    return code, message
 
 
 @needs_root

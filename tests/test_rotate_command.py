@@ -32,6 +32,7 @@ from scaling_credentials.testing import (
     FakeScalingAPI,
     MemoryProvider,
     SecretVolume,
+    wait_child,
 )
 from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
 
@@ -495,7 +496,11 @@ def test_ctrl_c_while_waiting_exits_130_and_says_the_rotation_is_done(
         process.stdin.write(new + "\n")
         process.stdin.close()
         process.stdin = None  # closed: communicate() must not flush it
-        first = process.stderr.readline()  # blocks until the wait has begun (bounded below)
+        # The first stderr line says the wait has begun. select() bounds the wait for it;
+        # the command writes that line whole and flushes it, so readline() then returns.
+        ready, _, _ = select.select([process.stderr], [], [], JOIN_TIMEOUT)
+        assert ready, f"no line on stderr within {JOIN_TIMEOUT} s"
+        first = process.stderr.readline()
         assert first.startswith("waiting until "), first
         process.send_signal(signal.SIGINT)
         stdout, rest = process.communicate(timeout=JOIN_TIMEOUT)
@@ -538,11 +543,12 @@ def test_on_a_terminal_the_key_is_prompted_for_without_echo(
         seen += _read_until(fd, rotate_module.PROMPT.encode())
         os.write(fd, new.encode() + b"\n")
         seen += _read_until(fd, b"not before", eof_ok=True)
+        seen += _read_until(fd, None)  # the rest, until the child closes the terminal
     finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
+        os.close(fd)  # first: a child still blocked on the terminal gets a hang-up
+        code = wait_child(pid, JOIN_TIMEOUT)
     text = seen.decode("utf-8", "replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert code == 0, text
     assert rotate_module.PROMPT in text
     assert "serves the new key" in text
     assert holds(path, new)
@@ -550,13 +556,17 @@ def test_on_a_terminal_the_key_is_prompted_for_without_echo(
     assert_no_secret(token(old), text)
 
 
-def _read_until(fd: int, marker: bytes, *, eof_ok: bool = False) -> bytes:
+def _read_until(fd: int, marker: bytes | None, *, eof_ok: bool = False) -> bytes:
+    """What the terminal shows until ``marker`` (bounded by JOIN_TIMEOUT); with ``marker``
+    None, until the child closes the terminal."""
+    eof_ok = eof_ok or marker is None
     data = b""
     deadline = time.monotonic() + JOIN_TIMEOUT
-    while marker not in data:
+    while marker is None or marker not in data:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"no {marker!r} from the terminal within {JOIN_TIMEOUT} s")
+            wanted = "its end" if marker is None else repr(marker)
+            raise AssertionError(f"no {wanted} from the terminal within {JOIN_TIMEOUT} s")
         ready, _, _ = select.select([fd], [], [], left)
         if not ready:
             continue

@@ -19,6 +19,7 @@ from scaling_credentials import (
     SecretNotFoundError,
     SourceURI,
 )
+from scaling_credentials.testing import wait_child
 from scaling_credentials.testing.provider_suite import assert_no_secret
 from scaling_credentials.toolkit import (
     KEY_PREFIX,
@@ -233,9 +234,9 @@ def test_per_process_builds_once_per_process_and_anew_after_fork() -> None:
         finally:
             os._exit(0)
     os.close(write_end)
+    assert wait_child(pid) == 0  # its short answer waits in the pipe
     with os.fdopen(read_end) as reader:
         answer = reader.read()
-    os.waitpid(pid, 0)
     assert answer == "None,2"
     assert holder.get() == 1  # the parent keeps its own
     holder.clear()
@@ -263,9 +264,9 @@ def test_after_fork_runs_the_reset_in_the_child_only_while_the_owner_lives() -> 
         finally:
             os._exit(0)
     os.close(write_end)
+    assert wait_child(pid) == 0  # its short answer waits in the pipe
     with os.fdopen(read_end) as reader:
         answer = reader.read()
-    os.waitpid(pid, 0)
     owner.lock.release()
     assert answer == "free"
 

@@ -19,7 +19,7 @@ from scaling_credentials import (
     SecretNotFoundError,
     provider_from_uri,
 )
-from scaling_credentials.testing import free_port, run_in_threads
+from scaling_credentials.testing import free_port, run_in_threads, wait_child
 from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
 from scaling_credentials_aws import LambdaExtensionProvider, SecretsManagerProvider
 
@@ -356,16 +356,7 @@ def test_a_forked_child_builds_its_own_client(
         finally:
             os._exit(0)
     os.close(write_end)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.02)  # waiting for a child process, not for a TTL
-    else:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child did not finish")
+    wait_child(pid, 30)  # its exit code says nothing: the child always leaves with 0
     with os.fdopen(read_end, "rb") as pipe:
         reused, ok, fresh = json.loads(pipe.read())
     assert (reused, ok, fresh) == (False, True, True)
