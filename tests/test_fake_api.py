@@ -17,7 +17,7 @@ import pytest
 
 from scaling_credentials import ApiKey, InvalidKeyFormatError
 from scaling_credentials.testing import FakeScalingAPI, RecordedRequest, ScriptedResponse
-from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret
 
 SCHEDULES = "/oncall/schedules"
 
@@ -145,7 +145,7 @@ def test_every_answer_has_a_fresh_request_id(
 
 def test_issue_rotate_revoke(client: httpx.Client, scaling_api: FakeScalingAPI) -> None:
     first = scaling_api.issue_key()
-    assert ApiKey(first).reveal() == first  # well-formed
+    assert_key_is(ApiKey(first), first)  # well-formed
     assert scaling_api.current_key == first
     assert client.get(SCHEDULES, headers=bearer(first)).status_code == 200
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from scaling_credentials import (
+    ApiKey,
     ConfigurationError,
     InvalidKeyFormatError,
     ProviderError,
@@ -164,7 +165,7 @@ def test_decode_text_keeps_no_decode_error_holding_the_bytes() -> None:
 
 def test_make_key_names_the_source_and_chains_nothing() -> None:
     key = make_key(f"  {SECRET}\n", source="env:X", version="7")
-    assert (key.source, key.version, key.reveal()) == ("env:X", "7", SECRET)
+    assert (key.source, key.version, key) == ("env:X", "7", ApiKey(SECRET))
     with pytest.raises(
         InvalidKeyFormatError, match=r"^env:X: the token contains whitespace"
     ) as info:
