@@ -76,6 +76,7 @@ TESTING = [
 PROVIDER_SUITE = [
     "BAD_VALUES",
     "ProviderTests",
+    "assert_equal_masked",
     "assert_key_is",
     "assert_no_secret",
     "assert_no_secret_in_error",

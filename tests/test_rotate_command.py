@@ -34,7 +34,12 @@ from scaling_credentials.testing import (
     SecretVolume,
     wait_child,
 )
-from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
+from scaling_credentials.testing.provider_suite import (
+    assert_equal_masked,
+    assert_key_is,
+    assert_no_secret,
+    good_value,
+)
 
 from .test_cli import CLI_DOC, Ran, as_documented, clean_env, run_main, token
 
@@ -51,9 +56,10 @@ def key_file(directory: Path, value: str, *, mode: int = 0o640, name: str = "api
     return path
 
 
-def holds(path: Path, value: str) -> bool:
-    """Whether the key file holds ``value`` (compared, never shown)."""
-    return path.read_text(encoding="utf-8").strip() == value
+def assert_holds(path: Path, value: str) -> None:
+    """Fail unless the key file holds ``value`` (keys shown masked)."""
+    __tracebackhide__ = True
+    assert_equal_masked(path.read_text(encoding="utf-8").strip(), value)
 
 
 def no_key(ran: Ran | subprocess.CompletedProcess[str], *keys: str) -> None:
@@ -81,7 +87,7 @@ def test_rotate_checks_stores_reads_back_and_says_when_to_delete(
     ran = run_rotate("--source", f"file:{path}", "--base-url", api.url, stdin=new + "\n")
 
     assert ran.returncode == 0, ran.stderr
-    assert holds(path, new)
+    assert_holds(path, new)
     assert path.stat().st_mode & 0o777 == 0o640  # the file's mode is kept
     out = ran.stdout
     assert f"old key    {mask(old)}" in out
@@ -182,7 +188,7 @@ def test_no_request_fails_when_rotate_runs_under_load_and_the_old_key_is_revoked
 
     assert run.failed == 0, f"{run.failed} of {len(run.statuses)} requests failed"
     assert len(outputs) == 3
-    assert holds(path, api.current_key or "")
+    assert_holds(path, api.current_key or "")
     for ran in outputs:
         no_key(ran, first, api.current_key or "")
 
@@ -330,7 +336,7 @@ def test_refuses_a_file_in_a_kubelet_secret_volume(
     assert "update the Kubernetes Secret instead" in ran.stderr
     assert "the old key is still the one in use, do not delete it" in ran.stderr
     assert snapshot(volume.path) == before
-    assert holds(volume.path, old)
+    assert_holds(volume.path, old)
     no_key(ran, old, new)
 
 
@@ -511,7 +517,7 @@ def test_ctrl_c_while_waiting_exits_130_and_says_the_rotation_is_done(
     assert process.returncode == 130
     assert "interrupted while waiting; the rotation itself is done" in rest
     assert f"delete the old key {mask(old)} after " in rest
-    assert holds(path, new)
+    assert_holds(path, new)
     assert_no_secret(token(new), stdout, first, rest)
     assert_no_secret(token(old), stdout, first, rest)
 
@@ -551,7 +557,7 @@ def test_on_a_terminal_the_key_is_prompted_for_without_echo(
     assert code == 0, text
     assert rotate_module.PROMPT in text
     assert "serves the new key" in text
-    assert holds(path, new)
+    assert_holds(path, new)
     assert_no_secret(token(new), text)  # not echoed, not printed
     assert_no_secret(token(old), text)
 

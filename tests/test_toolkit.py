@@ -21,7 +21,7 @@ from scaling_credentials import (
     SourceURI,
 )
 from scaling_credentials.testing import wait_child
-from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials.testing.provider_suite import assert_equal_masked, assert_no_secret
 from scaling_credentials.toolkit import (
     KEY_PREFIX,
     PerProcess,
@@ -124,14 +124,18 @@ def test_field_from_object_errors_name_the_problem_never_the_value(
 
 
 def test_field_from_object_returns_the_string_field() -> None:
-    assert field_from_object({"api_key": SECRET, "other": 1}, "api_key", name="x") == SECRET
+    assert_equal_masked(
+        field_from_object({"api_key": SECRET, "other": 1}, "api_key", name="x"), SECRET
+    )
 
 
 def test_json_with_field_sets_the_field_and_keeps_the_others() -> None:
     text = json.dumps({"api_key": "old", "owner": "ops", "limit": 5, "note": "café"})
     written = json.loads(json_with_field(text, "api_key", SECRET, name="x"))
-    assert written == {"api_key": SECRET, "owner": "ops", "limit": 5, "note": "café"}
-    assert json.loads(json_with_field("{}", "api_key", SECRET, name="x")) == {"api_key": SECRET}
+    assert_equal_masked(written, {"api_key": SECRET, "owner": "ops", "limit": 5, "note": "café"})
+    assert_equal_masked(
+        json.loads(json_with_field("{}", "api_key", SECRET, name="x")), {"api_key": SECRET}
+    )
 
 
 @pytest.mark.parametrize(
@@ -158,7 +162,8 @@ def test_decode_text_keeps_no_decode_error_holding_the_bytes() -> None:
         decode_text(data, name="file:/k")
     assert info.value.__context__ is None
     assert_no_secret_anywhere(info.value, SECRET)
-    assert decode_text(b"\xef\xbb\xbf" + SECRET.encode(), name="x") == SECRET  # BOM dropped
+    bom = b"\xef\xbb\xbf"
+    assert_equal_masked(decode_text(bom + SECRET.encode(), name="x"), SECRET)  # BOM dropped
     with pytest.raises(ProviderError):
         decode_text(b"\xff", name="x", error=ProviderError)
 
