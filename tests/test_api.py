@@ -26,7 +26,7 @@ from scaling_credentials import (
 )
 from scaling_credentials._api import MAX_ERROR_BODY, parse_error_body, read_error_body
 from scaling_credentials.testing import FakeClock, FakeScalingAPI, MemoryProvider, ScriptedResponse
-from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret
 
 REQUEST_ID = "550e8400-e29b-41d4-a716-446655440000"
 KEY = "scl_live_LEAKMARKER8u9i0123456789"
@@ -592,7 +592,7 @@ def test_scaling_client_from_uri_and_from_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("SCALING_API_KEY", KEY)
     with scaling_client() as client:
         assert isinstance(client.auth, ScalingAuth)
-        assert client.auth.cache.get().reveal() == KEY
+        assert_key_is(client.auth.cache.get(), KEY)
     with scaling_client("env:SCALING_API_KEY") as client:
         assert isinstance(client.auth, ScalingAuth)
         assert isinstance(client.auth.cache.provider, EnvProvider)

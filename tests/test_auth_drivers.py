@@ -233,7 +233,7 @@ def test_a_rejected_key_is_refreshed_and_the_request_sent_once_more(driver: Driv
     assert retry.content == b'{"name":"a"}'
     # Even another rejection ends the flow: never more than one retry.
     assert flow.send(rejected(retry)) is None
-    assert [k.reveal() for k in provider.rejected] == [K1]
+    assert provider.rejected == [ApiKey(K1)]
     assert provider.fetches == 2
 
 

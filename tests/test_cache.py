@@ -23,8 +23,14 @@ from scaling_credentials import (
     ProviderTimeoutError,
     SecretNotFoundError,
 )
-from scaling_credentials.testing import FakeClock, MemoryProvider, memory_cache, run_in_threads
-from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials.testing import (
+    FakeClock,
+    MemoryProvider,
+    memory_cache,
+    run_in_threads,
+    wait_child,
+)
+from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret
 
 K1 = "scl_live_firstkey0123456789abcd"
 K2 = "scl_live_secondkey0123456789wxyz"
@@ -36,9 +42,9 @@ K3 = "scl_live_thirdkey0123456789mnop"
 
 def test_first_get_fetches_then_serves_from_cache() -> None:
     cache, provider, _clock = memory_cache(K1, ttl=60)
-    assert cache.get().reveal() == K1
+    assert_key_is(cache.get(), K1)
     for _ in range(100):
-        assert cache.get().reveal() == K1
+        assert_key_is(cache.get(), K1)
     assert provider.fetches == 1
     stats = cache.stats
     assert stats.fetches == 1
@@ -52,9 +58,9 @@ def test_expiry_fetches_again() -> None:
     cache.get()
     provider.value = K2
     clock.advance(59.9)
-    assert cache.get().reveal() == K1
+    assert_key_is(cache.get(), K1)
     clock.advance(0.2)
-    assert cache.get().reveal() == K2
+    assert_key_is(cache.get(), K2)
     assert provider.fetches == 2
 
 
@@ -185,7 +191,7 @@ def test_invalidate_forgets_the_key() -> None:
     cache.invalidate()
     assert cache.peek() is None
     provider.value = K2
-    assert cache.get().reveal() == K2
+    assert_key_is(cache.get(), K2)
     assert provider.fetches == 2
 
 
@@ -213,7 +219,7 @@ def test_32_threads_at_an_expired_entry_make_one_fetch() -> None:
     runner.join(timeout=30)
     assert done.is_set()
     assert provider.fetches == 2  # the first fill, then exactly one for 32 threads
-    assert all(isinstance(r, ApiKey) and r.reveal() == K2 for r in results)
+    assert results == [ApiKey(K2)] * len(results)
 
 
 def test_32_threads_at_first_use_make_one_fetch() -> None:
@@ -221,7 +227,7 @@ def test_32_threads_at_first_use_make_one_fetch() -> None:
     provider.delay = 0.05  # keep the fetch in flight while the others arrive
     results = run_in_threads(cache.get, threads=32)
     assert provider.fetches == 1
-    assert {r.reveal() for r in results if isinstance(r, ApiKey)} == {K1}
+    assert {r for r in results if isinstance(r, ApiKey)} == {ApiKey(K1)}
 
 
 def test_200_tasks_at_an_expired_entry_make_one_fetch() -> None:
@@ -236,7 +242,7 @@ def test_200_tasks_at_an_expired_entry_make_one_fetch() -> None:
 
     keys = asyncio.run(scenario())
     assert provider.fetches == 2
-    assert {k.reveal() for k in keys} == {K2}
+    assert set(keys) == {ApiKey(K2)}
 
 
 def test_200_tasks_receiving_invalid_api_key_make_one_forced_fetch() -> None:
@@ -251,8 +257,8 @@ def test_200_tasks_receiving_invalid_api_key_make_one_forced_fetch() -> None:
     keys = asyncio.run(scenario())
     assert provider.fetches == 2
     assert cache.stats.forced_fetches == 1
-    assert {k.reveal() for k in keys} == {K2}
-    assert [k.reveal() for k in provider.rejected] == [K1]
+    assert set(keys) == {ApiKey(K2)}
+    assert provider.rejected == [ApiKey(K1)]
 
 
 def test_threads_and_tasks_share_one_fetch() -> None:
@@ -275,7 +281,7 @@ def test_threads_and_tasks_share_one_fetch() -> None:
     keys = asyncio.run(async_side())
     thread.join(timeout=30)
     assert provider.fetches == 1
-    assert {k.reveal() for k in keys} == {K1}
+    assert set(keys) == {ApiKey(K1)}
     assert all(isinstance(r, ApiKey) for r in results)
 
 
@@ -287,8 +293,8 @@ def test_refresh_with_a_different_cached_key_does_not_fetch() -> None:
     old = cache.get()
     provider.value = K2
     new = cache.refresh(rejected=old)
-    assert new.reveal() == K2
-    assert cache.refresh(rejected=old).reveal() == K2  # a late 401 for the old key
+    assert_key_is(new, K2)
+    assert_key_is(cache.refresh(rejected=old), K2)  # a late 401 for the old key
     assert provider.fetches == 2
 
 
@@ -321,7 +327,7 @@ def test_a_ttl_fetch_does_not_start_the_refresh_interval() -> None:
     clock.advance(61)
     key = cache.get()  # TTL fetch
     provider.value = K2
-    assert cache.refresh(rejected=key).reveal() == K2  # forced fetch allowed at once
+    assert_key_is(cache.refresh(rejected=key), K2)  # forced fetch allowed at once
     assert cache.stats.forced_fetches == 1
 
 
@@ -364,8 +370,8 @@ def test_an_async_forced_fetch_calls_arefetch() -> None:
         provider.value = K2
         return await cache.arefresh(rejected=key)
 
-    assert asyncio.run(scenario()).reveal() == K2
-    assert [k.reveal() for k in seen] == [K1]
+    assert_key_is(asyncio.run(scenario()), K2)
+    assert seen == [ApiKey(K1)]
 
 
 def test_forced_fetch_failure_raises_to_refresh_callers() -> None:
@@ -390,7 +396,7 @@ def test_refresh_ahead_serves_the_current_key_while_one_caller_refreshes() -> No
     provider.started.clear()
     clock.advance(85)  # inside the refresh-ahead window, not expired
     results = run_in_threads(cache.get, threads=16)
-    assert {r.reveal() for r in results if isinstance(r, ApiKey)} == {K1}
+    assert {r for r in results if isinstance(r, ApiKey)} == {ApiKey(K1)}
     assert provider.started.wait(10)
     assert provider.fetches == 2  # one background refresh for 16 callers
     provider.gate.set()
@@ -399,7 +405,7 @@ def test_refresh_ahead_serves_the_current_key_while_one_caller_refreshes() -> No
         if cache.peek() is not None and cache.peek().reveal() == K2:  # type: ignore[union-attr]
             break
         threading.Event().wait(0.01)
-    assert cache.get().reveal() == K2
+    assert_key_is(cache.get(), K2)
     assert provider.fetches == 2
 
 
@@ -433,8 +439,8 @@ def test_async_refresh_ahead() -> None:
         return during, await cache.aget()
 
     during, after = asyncio.run(scenario())
-    assert during.reveal() == K1
-    assert after.reveal() == K2
+    assert_key_is(during, K1)
+    assert_key_is(after, K2)
     assert provider.fetches == 2
 
 
@@ -513,7 +519,7 @@ def test_recovery_after_the_backend_returns() -> None:
     provider.fail = False
     provider.value = K2
     clock.advance(2.01)  # one backoff step
-    assert cache.get().reveal() == K2
+    assert_key_is(cache.get(), K2)
     assert cache.stats.consecutive_failures == 0
 
 
@@ -623,12 +629,12 @@ def test_a_late_result_never_replaces_the_key_of_a_later_fetch() -> None:
         cache.get()  # the first fetch read K1 and hangs: abandoned
     provider.value = K2  # rotated meanwhile
     clock.advance(1)  # past the backoff step
-    assert cache.get().reveal() == K2
+    assert_key_is(cache.get(), K2)
     provider.release.set()  # the abandoned fetch ends now, with what it read long ago
     (abandoned,) = provider.flights
     assert abandoned.done.wait(10)  # type: ignore[attr-defined]
-    assert cache.peek() is not None and cache.peek().reveal() == K2  # type: ignore[union-attr]
-    assert cache.get().reveal() == K2
+    assert cache.peek() == ApiKey(K2)
+    assert_key_is(cache.get(), K2)
     assert changes == []
 
 
@@ -642,7 +648,7 @@ def test_a_late_result_is_used_when_nothing_newer_came() -> None:
     provider.release.set()
     (abandoned,) = provider.flights
     assert abandoned.done.wait(10)  # type: ignore[attr-defined]
-    assert cache.get().reveal() == K1  # in backoff, yet the late key is served
+    assert_key_is(cache.get(), K1)  # in backoff, yet the late key is served
     assert provider.fetches == 1
 
 
@@ -725,7 +731,7 @@ def test_a_cancelled_waiter_does_not_break_the_fetch_for_others() -> None:
         return await asyncio.gather(*others)
 
     keys = asyncio.run(scenario())
-    assert {k.reveal() for k in keys} == {K1}
+    assert set(keys) == {ApiKey(K1)}
     assert provider.fetches == 1
 
 
@@ -780,7 +786,7 @@ def test_native_async_provider_is_used_by_aget() -> None:
 
     provider = Native(K1)
     cache = KeyCache(provider, clock=FakeClock())
-    assert asyncio.run(cache.aget()).reveal() == K2
+    assert_key_is(asyncio.run(cache.aget()), K2)
     assert Native.async_calls == 1 and provider.fetches == 0
 
 
@@ -800,7 +806,7 @@ def test_sync_get_inside_the_loop_of_an_async_fetch_does_not_deadlock() -> None:
         await task
         return key
 
-    assert asyncio.run(asyncio.wait_for(scenario(), 10)).reveal() == K1
+    assert_key_is(asyncio.run(asyncio.wait_for(scenario(), 10)), K1)
 
 
 @pytest.mark.parametrize("rotated", [True, False])
@@ -832,10 +838,10 @@ def test_sync_refresh_inside_the_loop_of_an_async_fetch_makes_one_forced_fetch(
         return fresh, outcome
 
     fresh, outcome = asyncio.run(asyncio.wait_for(scenario(), 20))
-    assert fresh.reveal() == (K2 if rotated else K1)
+    assert_key_is(fresh, K2 if rotated else K1)
     assert outcome == "fetched"
     assert provider.fetches == 2  # the first use, then one for the refresh
-    assert [k.reveal() for k in provider.rejected] == [K1]
+    assert provider.rejected == [ApiKey(K1)]
 
 
 @pytest.mark.parametrize("fails", [False, True])
@@ -909,7 +915,7 @@ def test_a_fetch_that_cannot_start_fails_at_once_instead_of_hanging_every_caller
     monkeypatch.undo()
     provider.value = K2
     clock.advance(2)  # past the backoff step
-    assert cache.get().reveal() == K2
+    assert_key_is(cache.get(), K2)
 
 
 # ---------------------------------------------------------------------------- fork and hygiene
@@ -934,8 +940,7 @@ def test_a_cache_warmed_before_fork_works_in_the_child() -> None:
         finally:
             os._exit(code)
     provider.gate.set()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_child(pid) == 0
 
 
 def test_stats_and_repr_hold_no_secret() -> None:

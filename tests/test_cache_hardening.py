@@ -24,7 +24,8 @@ from scaling_credentials import (
     ProviderError,
     SecretNotFoundError,
 )
-from scaling_credentials.testing import FakeClock, MemoryProvider, run_in_threads
+from scaling_credentials.testing import FakeClock, MemoryProvider, run_in_threads, wait_child
+from scaling_credentials.testing.provider_suite import assert_key_is
 
 K1 = "scl_live_firstkey0123456789abcd"
 K2 = "scl_live_secondkey0123456789wxyz"
@@ -207,9 +208,9 @@ def _lifetimes_in_children(cache: KeyCache, clock: FakeClock, children: int) -> 
             finally:
                 os._exit(0)
         os.close(write_end)
+        assert wait_child(pid) == 0  # its short answer waits in the pipe
         with os.fdopen(read_end) as reader:
             answers.append(reader.read())
-        os.waitpid(pid, 0)
     return answers
 
 
@@ -261,7 +262,7 @@ def test_a_short_asyncio_run_that_times_out_does_not_fail_the_fetch_for_anyone()
         asyncio.run(impatient())  # its shutdown cancels the fetch task it started
     stats = cache.stats
     assert stats.errors == 0 and stats.consecutive_failures == 0  # no backend failure
-    assert cache.get().reveal() == K1  # no backoff, no wait: the next caller fetches
+    assert_key_is(cache.get(), K1)  # no backoff, no wait: the next caller fetches
 
 
 def test_a_thread_waiting_on_a_fetch_whose_loop_shuts_down_fetches_itself() -> None:
@@ -285,7 +286,7 @@ def test_a_thread_waiting_on_a_fetch_whose_loop_shuts_down_fetches_itself() -> N
     asyncio.run(impatient())
     thread.join(timeout=10)  # far below fetch_timeout: it did not wait for the dead fetch
     assert not thread.is_alive()
-    assert [k.reveal() for k in got] == [K1]
+    assert got == [ApiKey(K1)]
     assert cache.stats.errors == 0
 
 
@@ -307,7 +308,7 @@ def test_a_loop_stopped_without_cancelling_its_tasks_is_noticed(collect_often: b
         thread = threading.Thread(target=lambda: result.append(cache.get()))
         thread.start()
         thread.join(timeout=10)
-        assert not thread.is_alive() and [k.reveal() for k in result] == [K1]
+        assert not thread.is_alive() and result == [ApiKey(K1)]
         gc.collect()
         assert cache.stats.errors == 0
     finally:
@@ -372,7 +373,7 @@ def test_a_raising_subscriber_is_reported_once_and_never_breaks_a_request(
     with caplog.at_level(logging.WARNING, logger="scaling_credentials.cache"):
         key = cache.get()
         cache.refresh(rejected=key)
-    assert key.reveal() == K1
+    assert_key_is(key, K1)
     assert seen == ["fetched", "rejected", "fetched"]  # the others still get every event
     reports = [r for r in caplog.records if "subscriber" in r.getMessage()]
     assert len(reports) == 1 and "RuntimeError" in reports[0].getMessage()
@@ -404,7 +405,7 @@ def test_a_subscriber_raising_a_base_exception_does_not_strand_the_waiters() -> 
     provider.gate.set()
     assert flight.done.wait(10), "the waiters were not woken"
     reader.join(timeout=10)
-    assert [k.reveal() for k in got] == [K1]
+    assert got == [ApiKey(K1)]
     for thread in fetch_threads:  # it ends with the SystemExit, within this test
         thread.join(timeout=10)
 

@@ -15,6 +15,7 @@ import pytest
 from scaling_credentials import ApiKey, KeyCache, ProviderError
 from scaling_credentials._flight import quiesce
 from scaling_credentials.testing import FakeClock, MemoryProvider, memory_cache
+from scaling_credentials.testing.provider_suite import assert_key_is
 
 K1 = "scl_live_firstkey0123456789abcd"
 K2 = "scl_live_secondkey0123456789wxyz"
@@ -39,11 +40,11 @@ def test_each_new_rejected_key_is_refetched_at_once_whatever_the_interval() -> N
         rejected = cache.peek()
         assert rejected is not None
         fresh = cache.refresh(rejected=rejected)  # no clock movement at all
-        assert fresh.reveal() == value
+        assert_key_is(fresh, value)
         clock.advance(0.01)
     assert cache.stats.forced_fetches == 2
-    assert [k.reveal() for k in provider.rejected] == [K1, K2]
-    assert k1.reveal() == K1
+    assert provider.rejected == [ApiKey(K1), ApiKey(K2)]
+    assert_key_is(k1, K1)
 
 
 def test_a_rejected_key_earns_its_forced_fetch_with_nothing_held() -> None:
@@ -53,8 +54,8 @@ def test_a_rejected_key_earns_its_forced_fetch_with_nothing_held() -> None:
     k1 = cache.get()
     cache.invalidate()
     provider.value = K2
-    assert cache.refresh(rejected=k1).reveal() == K2
-    assert [k.reveal() for k in provider.rejected] == [K1]
+    assert_key_is(cache.refresh(rejected=k1), K2)
+    assert provider.rejected == [ApiKey(K1)]
     assert cache.stats.forced_fetches == 1 and provider.fetches == 2
 
 
@@ -66,26 +67,26 @@ def test_a_stuck_key_is_held_to_the_interval_after_its_forced_fetch() -> None:
     assert cache.stats.forced_fetches == 1
     clock.advance(5)
     provider.value = K2
-    assert cache.refresh(rejected=key).reveal() == K2
+    assert_key_is(cache.refresh(rejected=key), K2)
     assert cache.stats.forced_fetches == 2
 
 
 def test_a_refresh_that_names_no_key_is_held_to_the_interval() -> None:
     cache, provider, clock = memory_cache(K1, ttl=3600, min_refresh_interval=5)
     cache.get()
-    assert cache.refresh().reveal() == K1  # forced: the first one goes to the source
+    assert_key_is(cache.refresh(), K1)  # forced: the first one goes to the source
     provider.value = K2
     assert cache._refresh(None) == (cache.peek(), "skipped-interval")
-    assert cache.refresh().reveal() == K1  # still within the interval: not asked
+    assert_key_is(cache.refresh(), K1)  # still within the interval: not asked
     assert cache.stats.forced_fetches == 1 and provider.fetches == 2
     clock.advance(5)
-    assert cache.refresh().reveal() == K2
+    assert_key_is(cache.refresh(), K2)
     assert cache.stats.forced_fetches == 2
     # A key the API rejects is refetched at once, inside the interval all the same.
     provider.value = K3
     rejected = cache.peek()
     assert rejected is not None
-    assert cache.refresh(rejected=rejected).reveal() == K3
+    assert_key_is(cache.refresh(rejected=rejected), K3)
     assert cache.stats.forced_fetches == 3
 
 
@@ -109,7 +110,7 @@ def test_a_key_whose_forced_fetch_failed_waits_only_for_the_backoff() -> None:
     provider.fail = False
     provider.value = K2
     clock.advance(1)  # past the backoff step, far inside min_refresh_interval
-    assert cache.refresh(rejected=key).reveal() == K2
+    assert_key_is(cache.refresh(rejected=key), K2)
     assert cache.stats.forced_fetches == 2
 
 
@@ -136,7 +137,7 @@ def test_many_threads_rejecting_one_key_share_one_forced_fetch() -> None:
     for thread in threads:
         thread.join(timeout=30)
     assert not any(t.is_alive() for t in threads)
-    assert [k.reveal() for k in results] == [K2] * 16
+    assert results == [ApiKey(K2)] * 16
     assert cache.stats.forced_fetches == 1
 
 
@@ -171,7 +172,7 @@ def test_a_rejection_during_a_ttl_fetch_still_earns_its_forced_fetch() -> None:
     reader.join(timeout=30)
     refresher.join(timeout=30)
     assert not reader.is_alive() and not refresher.is_alive()
-    assert [k.reveal() for k in refreshed] == [K2]
+    assert refreshed == [ApiKey(K2)]
     assert provider.fetches == 3 and cache.stats.forced_fetches == 1
 
 
@@ -188,15 +189,15 @@ def test_a_fetch_returning_a_rejected_key_keeps_the_newer_key_and_asks_again_soo
     )
     k1 = cache.get()
     provider.value = K2
-    assert cache.refresh(rejected=k1).reveal() == K2
+    assert_key_is(cache.refresh(rejected=k1), K2)
     provider.value = K1  # the extension's stale cache
     clock.advance(61)
     with caplog.at_level(logging.WARNING, logger="scaling_credentials.cache"):
-        assert cache.get().reveal() == K2  # the TTL fetch brought K1 back: K2 stays
+        assert_key_is(cache.get(), K2)  # the TTL fetch brought K1 back: K2 stays
         settle(cache)
         for _ in range(5):  # re-reads after a short, doubling delay; K1 every time
             clock.advance(8)
-            assert cache.get().reveal() == K2
+            assert_key_is(cache.get(), K2)
             settle(cache)
     kept = [r for r in caplog.records if "rejected before" in r.getMessage()]
     assert len(kept) == 1  # logged once
@@ -204,7 +205,7 @@ def test_a_fetch_returning_a_rejected_key_keeps_the_newer_key_and_asks_again_soo
     assert cache.stats.fetches == 1 + 1 + 1 + 5
     provider.value = K2  # the extension caught up
     clock.advance(8)
-    assert cache.get().reveal() == K2
+    assert_key_is(cache.get(), K2)
     settle(cache)
     assert cache.is_rejected(k1) and not cache.is_rejected(cache.get())
 
@@ -218,14 +219,14 @@ def test_a_kept_key_is_not_served_past_its_expiry_while_its_reread_waits() -> No
     )
     k1 = cache.get()
     provider.value = K2
-    assert cache.refresh(rejected=k1).reveal() == K2
+    assert_key_is(cache.refresh(rejected=k1), K2)
     provider.value = K1  # back on the rejected key
     clock.advance(10)
-    assert cache.get().reveal() == K2  # kept; re-read in 30 to 60 s
+    assert_key_is(cache.get(), K2)  # kept; re-read in 30 to 60 s
     provider.value = K3
     before = provider.fetches
     clock.advance(11)  # past the kept key's expiry (ttl 10) and max_stale (0)
-    assert cache.get().reveal() == K3
+    assert_key_is(cache.get(), K3)
     assert provider.fetches == before + 1
 
 
@@ -290,11 +291,11 @@ def test_a_changed_stamp_is_refetched_within_the_check_interval_with_no_rejectio
     assert provider.stamps == 1  # taken before the fetch; not on the read path yet
     provider.value = K2
     clock.advance(0.5)
-    assert cache.get().reveal() == K1  # within the interval: nothing asked
+    assert_key_is(cache.get(), K1)  # within the interval: nothing asked
     clock.advance(0.5)
-    assert cache.get().reveal() == K1  # the check sees the change, refetches behind
+    assert_key_is(cache.get(), K1)  # the check sees the change, refetches behind
     settle(cache)
-    assert cache.get().reveal() == K2
+    assert_key_is(cache.get(), K2)
     assert cache.stats.forced_fetches == 0 and cache.stats.fetches == 2
     for _ in range(1000):
         cache.get()
@@ -316,7 +317,7 @@ def test_a_stamp_that_raises_is_ignored() -> None:
 
     provider = Broken(K1)
     cache = KeyCache(provider, ttl=3600, jitter=0, clock=FakeClock())
-    assert cache.get().reveal() == K1
+    assert_key_is(cache.get(), K1)
 
 
 @pytest.mark.parametrize("then", ["raises", "cannot tell"])
@@ -340,7 +341,7 @@ def test_a_stamp_that_stops_working_is_no_news(then: str) -> None:
     provider.broken = True
     for _ in range(5):
         clock.advance(1)
-        assert cache.get().reveal() == K1
+        assert_key_is(cache.get(), K1)
         provider.settle()
     assert provider.fetches == 1
 
@@ -374,7 +375,7 @@ def test_a_change_that_fails_to_read_is_retried_on_the_backoff_not_every_check(
         provider.settle()
         if cache.get().reveal() == K2:
             break
-    assert cache.get().reveal() == K2
+    assert_key_is(cache.get(), K2)
 
 
 def test_a_source_back_on_a_rejected_key_is_reread_on_the_backoff_not_every_check() -> None:
@@ -386,19 +387,19 @@ def test_a_source_back_on_a_rejected_key_is_reread_on_the_backoff_not_every_chec
     cache = KeyCache(provider, ttl=3600, jitter=0, backoff_initial=8, backoff_max=60, clock=clock)
     k1 = cache.get()
     provider.value = K2
-    assert cache.refresh(rejected=k1).reveal() == K2
+    assert_key_is(cache.refresh(rejected=k1), K2)
     provider.value = K1  # back on the rejected key
     before = provider.fetches
     for _ in range(3):  # within the first backoff step (at least 4 s)
         clock.advance(1)
-        assert cache.get().reveal() == K2
+        assert_key_is(cache.get(), K2)
         provider.settle()
     assert provider.fetches - before == 1  # the change, read once
     provider.value = K3  # a real change: read at once
     clock.advance(1)
     cache.get()
     provider.settle()
-    assert cache.get().reveal() == K3
+    assert_key_is(cache.get(), K3)
 
 
 def test_async_reads_check_the_stamp_too() -> None:
@@ -414,7 +415,7 @@ def test_async_reads_check_the_stamp_too() -> None:
         settle(cache)
         return await cache.aget()
 
-    assert asyncio.run(scenario()).reveal() == K2
+    assert_key_is(asyncio.run(scenario()), K2)
 
 
 # ---------------------------------------------------------------- stuck-key warnings

@@ -19,7 +19,11 @@ import pytest
 from scaling_credentials._key import mask
 from scaling_credentials.cli import exit_code_for, main
 from scaling_credentials.testing import FakeScalingAPI, free_port
-from scaling_credentials.testing.provider_suite import LEAK_MARKER, assert_no_secret
+from scaling_credentials.testing.provider_suite import (
+    LEAK_MARKER,
+    assert_equal_masked,
+    assert_no_secret,
+)
 
 KEY_VAR = "SCALING_CLI_TEST_KEY"
 _DROPPED_PREFIXES = ("SCALING_", "AWS_", "VAULT_", "BAO_")
@@ -163,13 +167,13 @@ def test_resolve_reveal_prints_the_key_only_when_asked() -> None:
     key = "scl_live_" + "r3veal" * 4
     proc = run_cli("resolve", "--reveal", "--source", f"env:{KEY_VAR}", env={KEY_VAR: key})
     assert proc.returncode == 0, proc.stderr
-    assert key in proc.stdout.split()
+    assert_equal_masked({key} - set(proc.stdout.split()), set())  # printed as a word
     assert "--reveal" in proc.stderr  # the warning, which holds no key
     assert_no_secret(token(key), proc.stderr)
     as_json = run_cli(
         "resolve", "--reveal", "--json", "--source", f"env:{KEY_VAR}", env={KEY_VAR: key}
     )
-    assert json.loads(as_json.stdout)["value"] == key
+    assert_equal_masked(json.loads(as_json.stdout)["value"], key)
 
 
 def test_resolve_with_nothing_configured_exits_2_with_one_line() -> None:

@@ -12,7 +12,7 @@ import pytest
 from scaling_credentials import ConfigurationError, FileProvider
 from scaling_credentials.testing import DemoOptions, DemoReport, SecretVolume
 from scaling_credentials.testing._demo import RunResult, format_summary, validate
-from scaling_credentials.testing.provider_suite import good_value
+from scaling_credentials.testing.provider_suite import assert_key_is, good_value
 
 
 def test_secret_volume_has_the_kubelet_layout(tmp_path: Path) -> None:
@@ -31,7 +31,7 @@ def test_secret_volume_swaps_atomically_and_keeps_one_old_generation(tmp_path: P
     provider = FileProvider(volume.path)
     for tag in ("a", "b", "c", "d"):
         volume.write(good_value(tag))
-        assert provider.fetch().reveal() == good_value(tag)
+        assert_key_is(provider.fetch(), good_value(tag))
     generations = [p for p in tmp_path.iterdir() if p.name.startswith("..") and p.is_dir()]
     # ..data itself (a symlink to a directory) plus the current and the previous one.
     real_dirs = [p for p in generations if not p.is_symlink()]
@@ -84,7 +84,7 @@ def test_secret_volume_falls_back_to_replace_without_symlinks(
     volume.write(good_value("x"))
     volume.write(good_value("y"))
     assert not volume.path.is_symlink()
-    assert FileProvider(volume.path).fetch().reveal() == good_value("y")
+    assert_key_is(FileProvider(volume.path).fetch(), good_value("y"))
 
 
 @pytest.mark.parametrize(

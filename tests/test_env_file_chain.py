@@ -28,8 +28,12 @@ from scaling_credentials import (
     SecretNotFoundError,
 )
 from scaling_credentials._file import MAX_FILE_SIZE
-from scaling_credentials.testing import MemoryProvider, SecretVolume
-from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials.testing import MemoryProvider, SecretVolume, wait_child
+from scaling_credentials.testing.provider_suite import (
+    assert_equal_masked,
+    assert_key_is,
+    assert_no_secret,
+)
 
 MARKER = "LEAKMARKER3e4r"
 KEY_A = f"scl_live_{MARKER}aaaaaaaaaaaa"
@@ -73,9 +77,9 @@ def test_env_provider_defaults_and_describe() -> None:
 def test_env_provider_reads_a_given_mapping_live() -> None:
     environ = {"K": KEY_A}
     provider = EnvProvider("K", environ=environ)
-    assert provider.fetch().reveal() == KEY_A
+    assert_key_is(provider.fetch(), KEY_A)
     environ["K"] = KEY_B
-    assert provider.fetch().reveal() == KEY_B
+    assert_key_is(provider.fetch(), KEY_B)
     del environ["K"]
     with pytest.raises(SecretNotFoundError) as info:
         provider.fetch()
@@ -91,7 +95,7 @@ def test_env_provider_key_carries_its_source() -> None:
 
 def test_env_provider_afetch() -> None:
     provider = EnvProvider("K", environ={"K": KEY_A})
-    assert asyncio.run(provider.afetch()).reveal() == KEY_A
+    assert_key_is(asyncio.run(provider.afetch()), KEY_A)
 
 
 def test_env_provider_bad_value_has_no_secret() -> None:
@@ -164,11 +168,11 @@ def test_follows_the_kubelet_data_symlink_swap(tmp_path: Path) -> None:
     assert os.path.islink(volume.path)
     assert os.readlink(tmp_path / "..data").startswith("..")
     provider = FileProvider(volume.path)
-    assert provider.fetch().reveal() == KEY_A
+    assert_key_is(provider.fetch(), KEY_A)
     volume.write(KEY_B + "\n")
-    assert provider.fetch().reveal() == KEY_B
+    assert_key_is(provider.fetch(), KEY_B)
     volume.write(KEY_A)
-    assert provider.fetch().reveal() == KEY_A
+    assert_key_is(provider.fetch(), KEY_A)
     # The old timestamped directories are gone: the provider never held them open.
     generations = [p for p in tmp_path.iterdir() if p.name.startswith("..") and not p.is_symlink()]
     assert len(generations) == 1
@@ -208,8 +212,8 @@ def test_readers_never_fail_during_repeated_swaps(tmp_path: Path) -> None:
             thread.join(timeout=30)
     assert not any(thread.is_alive() for thread in threads)
     assert errors == []
-    assert seen <= {KEY_A, KEY_B}
-    assert provider.fetch().reveal() == KEY_A
+    assert_equal_masked(seen - {KEY_A, KEY_B}, set())  # each seen was one of them
+    assert_key_is(provider.fetch(), KEY_A)
 
 
 # ====================================================================== size cap
@@ -238,7 +242,7 @@ def test_custom_cap(tmp_path: Path) -> None:
     path = write(tmp_path / "key", KEY_A)
     with pytest.raises(ProviderError, match="16-byte cap"):
         FileProvider(path, max_size=16).fetch()
-    assert FileProvider(path, max_size=len(KEY_A)).fetch().reveal() == KEY_A
+    assert_key_is(FileProvider(path, max_size=len(KEY_A)).fetch(), KEY_A)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
@@ -340,8 +344,8 @@ def _fetch_as_nobody(path: Path) -> str:
             chunks.append(chunk)
     finally:
         os.close(read_end)
-        _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        code = wait_child(pid, 30)
+    assert code == 0
     return b"".join(chunks).decode()
 
 
@@ -377,7 +381,7 @@ def test_world_readable_file_is_warned_about_once(
     provider = FileProvider(path)
     with caplog.at_level(logging.WARNING, logger="scaling_credentials.file"):
         for _ in range(3):
-            assert provider.fetch().reveal() == KEY_A
+            assert_key_is(provider.fetch(), KEY_A)
     warnings = [r for r in caplog.records if r.name == "scaling_credentials.file"]
     assert len(warnings) == 1
     record = warnings[0]
@@ -483,7 +487,7 @@ def test_missing_field_lists_the_field_names(tmp_path: Path) -> None:
 
 def test_json_field_is_read_and_stripped(tmp_path: Path) -> None:
     path = write(tmp_path / "s.json", json.dumps({"api_key": f" {KEY_A}\n", "other": 1}))
-    assert FileProvider(path, field="api_key").fetch().reveal() == KEY_A
+    assert_key_is(FileProvider(path, field="api_key").fetch(), KEY_A)
 
 
 def test_without_field_a_json_document_is_not_a_key(tmp_path: Path) -> None:
@@ -498,12 +502,12 @@ def test_without_field_a_json_document_is_not_a_key(tmp_path: Path) -> None:
 
 def test_utf8_bom_is_ignored(tmp_path: Path) -> None:
     path = write(tmp_path / "key", "\ufeff" + KEY_A + "\r\n")
-    assert FileProvider(path).fetch().reveal() == KEY_A
+    assert_key_is(FileProvider(path).fetch(), KEY_A)
 
 
 def test_utf8_bom_before_json(tmp_path: Path) -> None:
     path = write(tmp_path / "key.json", "\ufeff" + json.dumps({"api_key": KEY_A}))
-    assert FileProvider(path, field="api_key").fetch().reveal() == KEY_A
+    assert_key_is(FileProvider(path, field="api_key").fetch(), KEY_A)
 
 
 @pytest.mark.parametrize(
@@ -545,7 +549,7 @@ def test_chain_needs_providers() -> None:
 def test_chain_first_provider_with_a_key_wins() -> None:
     first, second = MemoryProvider(KEY_A, name="a"), MemoryProvider(KEY_B, name="b")
     chain = ChainProvider(first, second)
-    assert chain.fetch().reveal() == KEY_A
+    assert_key_is(chain.fetch(), KEY_A)
     assert (first.fetches, second.fetches) == (1, 0)
     assert chain.describe() == "chain(memory:a, memory:b)"
     assert repr(chain) == "<ChainProvider chain(memory:a, memory:b)>"
@@ -559,7 +563,7 @@ def test_chain_falls_through_missing_failing_and_bad_providers() -> None:
     good = MemoryProvider(KEY_B, name="good")
     chain = ChainProvider(missing, failing, bad, good)
     key = chain.fetch()
-    assert key.reveal() == KEY_B
+    assert_key_is(key, KEY_B)
     assert key.source == "memory:good"
     assert [p.fetches for p in (missing, failing, bad, good)] == [1, 1, 1, 1]
 
@@ -567,9 +571,9 @@ def test_chain_falls_through_missing_failing_and_bad_providers() -> None:
 def test_chain_of_real_env_and_file(tmp_path: Path) -> None:
     path = write(tmp_path / "key", KEY_B)
     chain = ChainProvider(EnvProvider("K", environ={}), FileProvider(path))
-    assert chain.fetch().reveal() == KEY_B
+    assert_key_is(chain.fetch(), KEY_B)
     chain = ChainProvider(EnvProvider("K", environ={"K": KEY_A}), FileProvider(path))
-    assert chain.fetch().reveal() == KEY_A
+    assert_key_is(chain.fetch(), KEY_A)
 
 
 def _all_failing_chain() -> ChainProvider:
@@ -614,7 +618,7 @@ def test_chain_afetch_order_and_fallthrough() -> None:
     good = MemoryProvider(KEY_B, name="good")
     other = MemoryProvider(KEY_A, name="other")
     chain = ChainProvider(missing, good, other)
-    assert asyncio.run(chain.afetch()).reveal() == KEY_B
+    assert_key_is(asyncio.run(chain.afetch()), KEY_B)
     assert (missing.fetches, good.fetches, other.fetches) == (1, 1, 0)
 
 
@@ -636,11 +640,11 @@ def test_chain_routes_a_refetch_to_the_provider_that_produced_the_key() -> None:
     assert (first.fetches, second.fetches) == (2, 2)  # in chain order, first one asked again
 
     first.value = KEY_A  # now the first one yields: chain order still wins
-    assert chain.refetch(key).reveal() == KEY_A
+    assert_key_is(chain.refetch(key), KEY_A)
     assert len(second.rejected) == 1
 
     # A key from elsewhere (no producer in the chain): a plain walk.
-    assert chain.refetch(ApiKey(KEY_B, source="memory:unknown")).reveal() == KEY_A
+    assert_key_is(chain.refetch(ApiKey(KEY_B, source="memory:unknown")), KEY_A)
     assert first.rejected == [] and len(second.rejected) == 1
 
 

@@ -69,12 +69,14 @@ TESTING = [
     "run_prefork_rotation",
     "run_rotation_tasks",
     "run_rotation_threads",
+    "wait_child",
     "wait_for_port",
 ]
 
 PROVIDER_SUITE = [
     "BAD_VALUES",
     "ProviderTests",
+    "assert_equal_masked",
     "assert_key_is",
     "assert_no_secret",
     "assert_no_secret_in_error",

@@ -17,7 +17,11 @@ import pytest
 
 from scaling_credentials import ApiKey, InvalidKeyFormatError
 from scaling_credentials.testing import FakeScalingAPI, RecordedRequest, ScriptedResponse
-from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials.testing.provider_suite import (
+    assert_equal_masked,
+    assert_key_is,
+    assert_no_secret,
+)
 
 SCHEDULES = "/oncall/schedules"
 
@@ -85,7 +89,7 @@ def test_keys_given_at_construction_are_validated_and_valid() -> None:
     key = "scl_live_preloaded0123456789"
     with FakeScalingAPI(keys=[key]) as api:
         assert api.is_valid(key)
-        assert api.current_key == key
+        assert_equal_masked(api.current_key, key)
         assert httpx.get(api.url + SCHEDULES, headers=bearer(key)).status_code == 200
     with pytest.raises(InvalidKeyFormatError):
         FakeScalingAPI(keys=["Bearer nope"])
@@ -145,13 +149,13 @@ def test_every_answer_has_a_fresh_request_id(
 
 def test_issue_rotate_revoke(client: httpx.Client, scaling_api: FakeScalingAPI) -> None:
     first = scaling_api.issue_key()
-    assert ApiKey(first).reveal() == first  # well-formed
-    assert scaling_api.current_key == first
+    assert_key_is(ApiKey(first), first)  # well-formed
+    assert_equal_masked(scaling_api.current_key, first)
     assert client.get(SCHEDULES, headers=bearer(first)).status_code == 200
 
     second = scaling_api.rotate()
-    assert second != first
-    assert scaling_api.current_key == second
+    assert ApiKey(second) != ApiKey(first)
+    assert_equal_masked(scaling_api.current_key, second)
     # Rotation alone keeps the old key valid until it is revoked.
     assert client.get(SCHEDULES, headers=bearer(first)).status_code == 200
     assert client.get(SCHEDULES, headers=bearer(second)).status_code == 200
@@ -165,7 +169,7 @@ def test_issue_rotate_revoke(client: httpx.Client, scaling_api: FakeScalingAPI) 
         "invalid_api_key",
     )
     assert client.get(SCHEDULES, headers=bearer(second)).status_code == 200
-    assert scaling_api.current_key == second
+    assert_equal_masked(scaling_api.current_key, second)
 
     scaling_api.revoke(ApiKey(second))  # an ApiKey works too
     current: str | None = scaling_api.current_key

@@ -21,8 +21,13 @@ from scaling_credentials import (
     ProviderError,
     provider_from_uri,
 )
-from scaling_credentials.testing import SecretVolume
-from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
+from scaling_credentials.testing import SecretVolume, wait_child
+from scaling_credentials.testing.provider_suite import (
+    assert_equal_masked,
+    assert_key_is,
+    assert_no_secret,
+    good_value,
+)
 
 JOIN_TIMEOUT = 60.0
 needs_root = pytest.mark.skipif(
@@ -36,9 +41,10 @@ def write(path: Path, text: str, mode: int = 0o600) -> Path:
     return path
 
 
-def holds(path: Path, text: str) -> bool:
-    """Whether the file's text is exactly ``text`` (compared, never shown)."""
-    return path.read_text(encoding="utf-8") == text
+def assert_holds(path: Path, text: str) -> None:
+    """Fail unless the file's text is exactly ``text`` (keys shown masked)."""
+    __tracebackhide__ = True
+    assert_equal_masked(path.read_text(encoding="utf-8"), text)
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -58,7 +64,7 @@ def test_store_replaces_the_file_keeping_its_mode(tmp_path: Path) -> None:
 
     assert provider.store(ApiKey(new)) is None  # a file keeps no versions
 
-    assert holds(path, new + "\n")
+    assert_holds(path, new + "\n")
     assert path.stat().st_mode & 0o777 == 0o440
     assert path.stat().st_ino != inode  # a new file renamed into place, not a rewrite
     assert_key_is(provider.fetch(), new)
@@ -68,13 +74,13 @@ def test_store_replaces_the_file_keeping_its_mode(tmp_path: Path) -> None:
 def test_store_keeps_a_file_without_a_trailing_newline_so(tmp_path: Path) -> None:
     path = write(tmp_path / "api-key", good_value("old"))
     FileProvider(path).store(ApiKey(good_value("new")))
-    assert holds(path, good_value("new"))
+    assert_holds(path, good_value("new"))
 
 
 def test_store_creates_a_missing_file_private(tmp_path: Path) -> None:
     path = tmp_path / "api-key"
     FileProvider(path).store(ApiKey(good_value("first")))
-    assert holds(path, good_value("first") + "\n")
+    assert_holds(path, good_value("first") + "\n")
     assert path.stat().st_mode & 0o777 == 0o600
 
 
@@ -96,14 +102,16 @@ def test_store_in_a_json_field_keeps_the_other_fields(
     path = write(tmp_path / "config.json", before % old)
     provider = FileProvider(path, field="api_key")
     provider.store(ApiKey(new))
-    assert holds(path, after % new)
+    assert_holds(path, after % new)
     assert_key_is(provider.fetch(), new)
 
 
 def test_store_in_a_json_field_of_a_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     FileProvider(path, field="api_key").store(ApiKey(good_value("first")))
-    assert json.loads(path.read_text(encoding="utf-8")) == {"api_key": good_value("first")}
+    assert_equal_masked(
+        json.loads(path.read_text(encoding="utf-8")), {"api_key": good_value("first")}
+    )
 
 
 @pytest.mark.parametrize(
@@ -121,7 +129,7 @@ def test_store_refuses_a_field_in_a_file_that_is_not_a_json_object(
         FileProvider(path, field="api_key").store(ApiKey(good_value("new")))
     message = str(info.value)
     assert says in message and "nothing was written" in message
-    assert path.read_bytes() == before
+    assert_equal_masked(path.read_bytes(), before)
     assert leftovers(tmp_path) == []
     assert info.value.__cause__ is None and info.value.__context__ is None
     assert_no_secret(old, message)
@@ -134,7 +142,7 @@ def test_store_follows_a_symlink(tmp_path: Path) -> None:
     link.symlink_to(real.name)
     FileProvider(link).store(ApiKey(good_value("new")))
     assert link.is_symlink()  # the layout is kept: the file it points to is replaced
-    assert holds(real, good_value("new") + "\n")
+    assert_holds(real, good_value("new") + "\n")
 
 
 def test_store_refuses_a_kubelet_secret_volume(tmp_path: Path) -> None:
@@ -149,7 +157,7 @@ def test_store_refuses_a_kubelet_secret_volume(tmp_path: Path) -> None:
             FileProvider(path).store(ApiKey(good_value("new")))
         assert "Kubernetes secret volume" in str(info.value)
         assert "update the Kubernetes Secret instead" in str(info.value)
-    assert holds(volume.path, good_value("old") + "\n")
+    assert_holds(volume.path, good_value("old") + "\n")
 
 
 def test_store_takes_an_api_key(tmp_path: Path) -> None:
@@ -205,10 +213,10 @@ def store_as_nobody(path: Path, value: str) -> tuple[int, str]:
         finally:
             os._exit(code)
     os.close(write_end)
+    code = wait_child(pid, JOIN_TIMEOUT)  # its short message waits in the pipe
     with os.fdopen(read_end, "rb") as pipe:
         message = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), message
+    return code, message
 
 
 @needs_root
@@ -231,7 +239,7 @@ def test_store_as_a_user_who_cannot_keep_the_owner_or_write_the_directory(
     else:
         assert "not writable by this process (permission denied)" in message
     assert "nothing was written" in message
-    assert holds(path, good_value("old") + "\n")
+    assert_holds(path, good_value("old") + "\n")
     assert leftovers(directory) == []
     assert_no_secret(new, message)
 

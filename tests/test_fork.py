@@ -13,23 +13,22 @@ from __future__ import annotations
 import asyncio
 import mmap
 import os
-import signal
 import struct
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from scaling_credentials import FileProvider, KeyCache, ScalingAuth
+from scaling_credentials import ApiKey, FileProvider, KeyCache, ScalingAuth
 from scaling_credentials.testing import (
     FakeClock,
     FakeScalingAPI,
     MemoryProvider,
     rotate_and_revoke,
     run_prefork_rotation,
+    wait_child,
 )
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -79,19 +78,6 @@ def fork_child(body: Callable[[], int]) -> int:
     return pid
 
 
-def wait_child(pid: int, timeout: float = CHILD_TIMEOUT) -> int:
-    """The child's exit code; kills it (by pid) if it is still running after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)  # waiting for a child process, not for a TTL
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail(f"child {pid} did not finish within {timeout} s")
-
-
 def test_a_warm_cache_and_auth_work_in_the_child(api: FakeScalingAPI, tmp_path: Path) -> None:
     path = tmp_path / "api-key"
     write_key(path, api.issue_key())
@@ -116,7 +102,7 @@ def test_a_warm_cache_and_auth_work_in_the_child(api: FakeScalingAPI, tmp_path: 
         board.write(0, ok, len(statuses) - ok, cache.stats.fetches - fetches, 1)
         return 0 if ok == len(statuses) else 3
 
-    assert wait_child(fork_child(child)) == 0
+    assert wait_child(fork_child(child), CHILD_TIMEOUT) == 0
     assert board.read(0) == (10, 0, 0, 1)  # served from the inherited key: no fetch
     assert cache.stats.fetches == fetches  # the parent is untouched
 
@@ -138,9 +124,9 @@ def test_a_child_fetches_on_its_own_after_rotation(api: FakeScalingAPI, tmp_path
         board.write(0, int(response.status_code == 200), 0, cache.stats.forced_fetches, 1)
         return 0
 
-    assert wait_child(fork_child(child)) == 0
+    assert wait_child(fork_child(child), CHILD_TIMEOUT) == 0
     assert board.read(0) == (1, 0, 1, 1)  # a 401, one forced fetch in the child, retried
-    assert cache.peek() is not None and cache.peek().reveal() == old  # type: ignore[union-attr]
+    assert cache.peek() == ApiKey(old)
 
 
 @pytest.mark.parametrize("children", [4])
@@ -192,7 +178,7 @@ def test_a_forced_fetch_in_flight_at_fork_is_owed_to_the_child() -> None:
         return 0 if (fresh.reveal(), outcome) == (K2, "fetched") else 3
 
     try:
-        assert wait_child(fork_child(child)) == 0
+        assert wait_child(fork_child(child), CHILD_TIMEOUT) == 0
     finally:
         provider.gate.set()
         parent_refresh.join(timeout=10)
@@ -219,7 +205,7 @@ def test_a_subscriber_lock_held_at_fork_is_not_held_in_the_child() -> None:
         return 4 if subscriber.is_alive() else 0
 
     try:
-        assert wait_child(fork_child(child)) == 0
+        assert wait_child(fork_child(child), CHILD_TIMEOUT) == 0
     finally:
         release.set()
         thread.join(timeout=10)

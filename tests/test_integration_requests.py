@@ -22,7 +22,7 @@ from scaling_credentials.testing import (
     MemoryProvider,
     rotate_and_revoke,
 )
-from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials.testing.provider_suite import assert_equal_masked, assert_no_secret
 
 PATH = "/oncall/schedules"
 KEY = "scl_live_REQUESTSkey0123456789abcdefXYZ"
@@ -49,7 +49,7 @@ def test_the_retried_401_stays_in_the_history_and_readable(api: FakeScalingAPI) 
     assert response.status_code == 200
     assert [r.status_code for r in response.history] == [401]
     assert response.history[0].json()["code"] == "invalid_api_key"
-    assert response.request.headers["Authorization"] == "Bearer " + provider.value
+    assert_equal_masked(response.request.headers["Authorization"], "Bearer " + provider.value)
 
 
 def test_a_one_off_call_works_too(api: FakeScalingAPI) -> None:
@@ -60,7 +60,7 @@ def test_a_one_off_call_works_too(api: FakeScalingAPI) -> None:
 def test_allowed_hosts_receive_the_key() -> None:
     auth = ScalingRequestsAuth(MemoryProvider(KEY), allowed_hosts=["*.example.com"])
     prepared = auth(requests.Request("GET", "https://eu.example.com/v1/x").prepare())
-    assert prepared.headers["Authorization"] == "Bearer " + KEY
+    assert_equal_masked(prepared.headers["Authorization"], "Bearer " + KEY)
 
 
 # ============================================================================ proxies

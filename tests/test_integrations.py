@@ -34,7 +34,11 @@ from scaling_credentials.testing import (
     run_rotation_tasks,
     run_rotation_threads,
 )
-from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials.testing.provider_suite import (
+    assert_equal_masked,
+    assert_key_is,
+    assert_no_secret,
+)
 
 PATH = "/oncall/schedules"
 KEY = "scl_live_SHAREDkey0123456789abcdefXYZabc"
@@ -198,7 +202,7 @@ def test_source_forms_and_repr(driver: Driver, monkeypatch: pytest.MonkeyPatch) 
         driver.auth("env:SCALING_API_KEY", ttl=60),
         driver.auth(MemoryProvider(KEY)),
     ):
-        assert auth.cache.get().reveal() == KEY
+        assert_key_is(auth.cache.get(), KEY)
         assert repr(auth).startswith(f"<{driver.auth.__name__} ")
         assert_no_secret(repr(auth), KEY)
     with pytest.raises(ConfigurationError, match=f"ttl applies when {driver.auth.__name__}"):
@@ -275,7 +279,7 @@ def test_a_one_shot_body_is_not_resent_but_the_key_is_refreshed(
     provider.value = new
     with caplog.at_level(logging.WARNING):
         assert driver.request(auth, api.url + PATH, "POST", one_shot=True).status == 401
-    assert auth.cache.get().reveal() == new  # the next request uses it
+    assert_key_is(auth.cache.get(), new)  # the next request uses it
     assert provider.fetches == 2
     assert len(api.requests) == 1
     assert "cannot be resent" in caplog.text
@@ -377,7 +381,9 @@ def test_a_401_after_a_same_origin_redirect_is_a_rejection(
     assert driver.request(auth, hostile_server.url + "/v1/elsewhere").status == 200
     assert provider.fetches == 2
     last = hostile_server.hits[-1]
-    assert (last.path, last.headers["authorization"]) == ("/v1" + PATH, "Bearer " + NEXT)
+    assert_equal_masked(
+        (last.path, last.headers["authorization"]), ("/v1" + PATH, "Bearer " + NEXT)
+    )
 
 
 # ============================================================================ under load

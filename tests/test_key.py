@@ -10,7 +10,7 @@ import pytest
 
 from scaling_credentials import ApiKey, InvalidKeyFormatError
 from scaling_credentials._key import KEY_PREFIX, MAX_KEY_LENGTH, mask
-from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret
 
 # Every bad value carries this marker, so a leak anywhere is easy to detect.
 MARKER = "LEAKMARKER9q2w"
@@ -106,7 +106,7 @@ def test_oversized_value_is_refused_by_length() -> None:
 
 def test_maximum_length_key_is_accepted() -> None:
     value = "scl_live_" + "a" * (MAX_KEY_LENGTH - len("scl_live_"))
-    assert ApiKey(value).reveal() == value
+    assert_key_is(ApiKey(value), value)
 
 
 @pytest.mark.parametrize("value", [None, b"scl_live_" + MARKER.encode() + b"abcdef", 12345, ["x"]])
@@ -124,7 +124,7 @@ def test_bytes_hint_says_decode() -> None:
     "raw", [GOOD, f"  {GOOD}", f"{GOOD}\n", f"\t{GOOD}\r\n", f"\n\n{GOOD}  \n"]
 )
 def test_surrounding_whitespace_is_stripped(raw: str) -> None:
-    assert ApiKey(raw).reveal() == GOOD
+    assert_key_is(ApiKey(raw), GOOD)
 
 
 def test_source_and_version_are_kept() -> None:
@@ -222,7 +222,7 @@ def test_immutable() -> None:
             setattr(key, name, "x")
     with pytest.raises(AttributeError):
         del key.source
-    assert key.reveal() == GOOD
+    assert_key_is(key, GOOD)
     assert key.source == "s"
 
 

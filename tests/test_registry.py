@@ -24,7 +24,7 @@ from scaling_credentials import (
     provider_from_uri,
 )
 from scaling_credentials._registry import ENTRY_POINT_GROUP, installed_schemes
-from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret
 
 MARKER = "LEAKMARKER5t6y"
 KEY = f"scl_live_{MARKER}0123456789abcd"
@@ -186,7 +186,7 @@ def test_bare_env_uri_means_scaling_api_key() -> None:
 
 def test_env_uri_reads_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCALING_REGISTRY_TEST_KEY", KEY)
-    assert provider_from_uri("env:SCALING_REGISTRY_TEST_KEY").fetch().reveal() == KEY
+    assert_key_is(provider_from_uri("env:SCALING_REGISTRY_TEST_KEY").fetch(), KEY)
 
 
 def test_env_uri_takes_no_parameters() -> None:
@@ -201,7 +201,7 @@ def test_file_uri_builds_file_provider(tmp_path: Path) -> None:
     assert isinstance(provider, FileProvider)
     assert provider.path == str(path)
     assert provider.field == "api_key"
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
 
 
 def test_file_uri_with_empty_field_means_no_field(tmp_path: Path) -> None:
@@ -214,7 +214,7 @@ def test_file_uri_percent_decoded_path(tmp_path: Path) -> None:
     path = tmp_path / "my key"
     path.write_text(KEY)
     provider = provider_from_uri(f"file:{tmp_path}/my%20key")
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
 
 
 def test_file_uri_needs_a_path_and_known_parameters() -> None:
@@ -451,7 +451,7 @@ def test_env_key_wins_over_file(tmp_path: Path) -> None:
     assert isinstance(provider, EnvProvider)
     assert provider.name == "SCALING_API_KEY"
     # The provider reads the mapping it was given, not os.environ.
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
 
 
 def test_env_file_when_nothing_else(tmp_path: Path) -> None:
@@ -460,7 +460,7 @@ def test_env_file_when_nothing_else(tmp_path: Path) -> None:
     provider = provider_from_env({"SCALING_API_KEY_FILE": str(path)})
     assert isinstance(provider, FileProvider)
     assert provider.path == str(path)
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
 
 
 def test_blank_source_and_file_are_ignored(tmp_path: Path) -> None:
@@ -489,7 +489,7 @@ def test_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCALING_API_KEY", KEY)
     provider = provider_from_env()
     assert isinstance(provider, EnvProvider)
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     monkeypatch.delenv("SCALING_API_KEY")
     with pytest.raises(ConfigurationError):
         provider_from_env()

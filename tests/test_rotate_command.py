@@ -32,8 +32,14 @@ from scaling_credentials.testing import (
     FakeScalingAPI,
     MemoryProvider,
     SecretVolume,
+    wait_child,
 )
-from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
+from scaling_credentials.testing.provider_suite import (
+    assert_equal_masked,
+    assert_key_is,
+    assert_no_secret,
+    good_value,
+)
 
 from .test_cli import CLI_DOC, Ran, as_documented, clean_env, run_main, token
 
@@ -50,9 +56,10 @@ def key_file(directory: Path, value: str, *, mode: int = 0o640, name: str = "api
     return path
 
 
-def holds(path: Path, value: str) -> bool:
-    """Whether the key file holds ``value`` (compared, never shown)."""
-    return path.read_text(encoding="utf-8").strip() == value
+def assert_holds(path: Path, value: str) -> None:
+    """Fail unless the key file holds ``value`` (keys shown masked)."""
+    __tracebackhide__ = True
+    assert_equal_masked(path.read_text(encoding="utf-8").strip(), value)
 
 
 def no_key(ran: Ran | subprocess.CompletedProcess[str], *keys: str) -> None:
@@ -80,7 +87,7 @@ def test_rotate_checks_stores_reads_back_and_says_when_to_delete(
     ran = run_rotate("--source", f"file:{path}", "--base-url", api.url, stdin=new + "\n")
 
     assert ran.returncode == 0, ran.stderr
-    assert holds(path, new)
+    assert_holds(path, new)
     assert path.stat().st_mode & 0o777 == 0o640  # the file's mode is kept
     out = ran.stdout
     assert f"old key    {mask(old)}" in out
@@ -181,7 +188,7 @@ def test_no_request_fails_when_rotate_runs_under_load_and_the_old_key_is_revoked
 
     assert run.failed == 0, f"{run.failed} of {len(run.statuses)} requests failed"
     assert len(outputs) == 3
-    assert holds(path, api.current_key or "")
+    assert_holds(path, api.current_key or "")
     for ran in outputs:
         no_key(ran, first, api.current_key or "")
 
@@ -329,7 +336,7 @@ def test_refuses_a_file_in_a_kubelet_secret_volume(
     assert "update the Kubernetes Secret instead" in ran.stderr
     assert "the old key is still the one in use, do not delete it" in ran.stderr
     assert snapshot(volume.path) == before
-    assert holds(volume.path, old)
+    assert_holds(volume.path, old)
     no_key(ran, old, new)
 
 
@@ -495,7 +502,11 @@ def test_ctrl_c_while_waiting_exits_130_and_says_the_rotation_is_done(
         process.stdin.write(new + "\n")
         process.stdin.close()
         process.stdin = None  # closed: communicate() must not flush it
-        first = process.stderr.readline()  # blocks until the wait has begun (bounded below)
+        # The first stderr line says the wait has begun. select() bounds the wait for it;
+        # the command writes that line whole and flushes it, so readline() then returns.
+        ready, _, _ = select.select([process.stderr], [], [], JOIN_TIMEOUT)
+        assert ready, f"no line on stderr within {JOIN_TIMEOUT} s"
+        first = process.stderr.readline()
         assert first.startswith("waiting until "), first
         process.send_signal(signal.SIGINT)
         stdout, rest = process.communicate(timeout=JOIN_TIMEOUT)
@@ -506,7 +517,7 @@ def test_ctrl_c_while_waiting_exits_130_and_says_the_rotation_is_done(
     assert process.returncode == 130
     assert "interrupted while waiting; the rotation itself is done" in rest
     assert f"delete the old key {mask(old)} after " in rest
-    assert holds(path, new)
+    assert_holds(path, new)
     assert_no_secret(token(new), stdout, first, rest)
     assert_no_secret(token(old), stdout, first, rest)
 
@@ -538,25 +549,30 @@ def test_on_a_terminal_the_key_is_prompted_for_without_echo(
         seen += _read_until(fd, rotate_module.PROMPT.encode())
         os.write(fd, new.encode() + b"\n")
         seen += _read_until(fd, b"not before", eof_ok=True)
+        seen += _read_until(fd, None)  # the rest, until the child closes the terminal
     finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
+        os.close(fd)  # first: a child still blocked on the terminal gets a hang-up
+        code = wait_child(pid, JOIN_TIMEOUT)
     text = seen.decode("utf-8", "replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert code == 0, text
     assert rotate_module.PROMPT in text
     assert "serves the new key" in text
-    assert holds(path, new)
+    assert_holds(path, new)
     assert_no_secret(token(new), text)  # not echoed, not printed
     assert_no_secret(token(old), text)
 
 
-def _read_until(fd: int, marker: bytes, *, eof_ok: bool = False) -> bytes:
+def _read_until(fd: int, marker: bytes | None, *, eof_ok: bool = False) -> bytes:
+    """What the terminal shows until ``marker`` (bounded by JOIN_TIMEOUT); with ``marker``
+    None, until the child closes the terminal."""
+    eof_ok = eof_ok or marker is None
     data = b""
     deadline = time.monotonic() + JOIN_TIMEOUT
-    while marker not in data:
+    while marker is None or marker not in data:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"no {marker!r} from the terminal within {JOIN_TIMEOUT} s")
+            wanted = "its end" if marker is None else repr(marker)
+            raise AssertionError(f"no {wanted} from the terminal within {JOIN_TIMEOUT} s")
         ready, _, _ = select.select([fd], [], [], left)
         if not ready:
             continue

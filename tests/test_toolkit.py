@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 
 from scaling_credentials import (
+    ApiKey,
     ConfigurationError,
     InvalidKeyFormatError,
     ProviderError,
     SecretNotFoundError,
     SourceURI,
 )
-from scaling_credentials.testing.provider_suite import assert_no_secret
+from scaling_credentials.testing import wait_child
+from scaling_credentials.testing.provider_suite import assert_equal_masked, assert_no_secret
 from scaling_credentials.toolkit import (
     KEY_PREFIX,
     PerProcess,
@@ -122,14 +124,18 @@ def test_field_from_object_errors_name_the_problem_never_the_value(
 
 
 def test_field_from_object_returns_the_string_field() -> None:
-    assert field_from_object({"api_key": SECRET, "other": 1}, "api_key", name="x") == SECRET
+    assert_equal_masked(
+        field_from_object({"api_key": SECRET, "other": 1}, "api_key", name="x"), SECRET
+    )
 
 
 def test_json_with_field_sets_the_field_and_keeps_the_others() -> None:
     text = json.dumps({"api_key": "old", "owner": "ops", "limit": 5, "note": "café"})
     written = json.loads(json_with_field(text, "api_key", SECRET, name="x"))
-    assert written == {"api_key": SECRET, "owner": "ops", "limit": 5, "note": "café"}
-    assert json.loads(json_with_field("{}", "api_key", SECRET, name="x")) == {"api_key": SECRET}
+    assert_equal_masked(written, {"api_key": SECRET, "owner": "ops", "limit": 5, "note": "café"})
+    assert_equal_masked(
+        json.loads(json_with_field("{}", "api_key", SECRET, name="x")), {"api_key": SECRET}
+    )
 
 
 @pytest.mark.parametrize(
@@ -156,14 +162,15 @@ def test_decode_text_keeps_no_decode_error_holding_the_bytes() -> None:
         decode_text(data, name="file:/k")
     assert info.value.__context__ is None
     assert_no_secret_anywhere(info.value, SECRET)
-    assert decode_text(b"\xef\xbb\xbf" + SECRET.encode(), name="x") == SECRET  # BOM dropped
+    bom = b"\xef\xbb\xbf"
+    assert_equal_masked(decode_text(bom + SECRET.encode(), name="x"), SECRET)  # BOM dropped
     with pytest.raises(ProviderError):
         decode_text(b"\xff", name="x", error=ProviderError)
 
 
 def test_make_key_names_the_source_and_chains_nothing() -> None:
     key = make_key(f"  {SECRET}\n", source="env:X", version="7")
-    assert (key.source, key.version, key.reveal()) == ("env:X", "7", SECRET)
+    assert (key.source, key.version, key) == ("env:X", "7", ApiKey(SECRET))
     with pytest.raises(
         InvalidKeyFormatError, match=r"^env:X: the token contains whitespace"
     ) as info:
@@ -233,9 +240,9 @@ def test_per_process_builds_once_per_process_and_anew_after_fork() -> None:
         finally:
             os._exit(0)
     os.close(write_end)
+    assert wait_child(pid) == 0  # its short answer waits in the pipe
     with os.fdopen(read_end) as reader:
         answer = reader.read()
-    os.waitpid(pid, 0)
     assert answer == "None,2"
     assert holder.get() == 1  # the parent keeps its own
     holder.clear()
@@ -263,9 +270,9 @@ def test_after_fork_runs_the_reset_in_the_child_only_while_the_owner_lives() -> 
         finally:
             os._exit(0)
     os.close(write_end)
+    assert wait_child(pid) == 0  # its short answer waits in the pipe
     with os.fdopen(read_end) as reader:
         answer = reader.read()
-    os.waitpid(pid, 0)
     owner.lock.release()
     assert answer == "free"
 

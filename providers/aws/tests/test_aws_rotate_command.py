@@ -2,10 +2,7 @@
 AWSCURRENT version keeping the secret's other JSON fields (the old one at AWSPREVIOUS),
 Parameter Store a new parameter version of the same type; both read back through a new
 provider, with no request lost by a fleet reading the same secret under load; neither key
-in any output.
-
-These tests need the providers' ``store``; where a provider cannot store (or does not
-exist) in this tree yet, its tests are skipped with that reason."""
+in any output."""
 
 from __future__ import annotations
 
@@ -15,7 +12,6 @@ from typing import Any
 
 import pytest
 
-import scaling_credentials_aws
 from scaling_credentials import ApiKey, ScalingAuth
 from scaling_credentials.testing import FakeScalingAPI
 from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret
@@ -23,19 +19,6 @@ from scaling_credentials.toolkit import mask
 from scaling_credentials_aws import SecretsManagerProvider
 
 from .conftest import put_secret
-
-needs_sm_store = pytest.mark.skipif(
-    not SecretsManagerProvider.can_store,
-    reason="SecretsManagerProvider cannot store in this tree (SecretsManagerProvider.store "
-    "is not there yet): rotate against aws-sm is tested once it is",
-)
-_PARAMETER_STORE = getattr(scaling_credentials_aws, "ParameterStoreProvider", None)
-needs_ssm_store = pytest.mark.skipif(
-    _PARAMETER_STORE is None or not _PARAMETER_STORE.can_store,
-    reason="ParameterStoreProvider (aws-ssm:) with store is not in this tree yet: rotate "
-    "against aws-ssm is tested once it is",
-)
-
 
 RunRotate = Callable[..., Any]  # the run_rotate fixture (conftest.py at the root)
 
@@ -57,7 +40,6 @@ def value_at(sm: Any, name: str, stage: str) -> dict[str, Any]:
     return {"version": answer["VersionId"], **json.loads(answer["SecretString"])}
 
 
-@needs_sm_store
 def test_rotate_puts_a_new_awscurrent_version_keeping_the_other_fields(
     sm: Any, secret_name: str, api: FakeScalingAPI, run_rotate: RunRotate
 ) -> None:
@@ -82,7 +64,6 @@ def test_rotate_puts_a_new_awscurrent_version_keeping_the_other_fields(
     no_secret(ran, old, new)
 
 
-@needs_sm_store
 @pytest.mark.slow
 def test_no_request_fails_when_rotate_runs_under_load_and_the_old_key_is_revoked(
     sm: Any,
@@ -103,7 +84,6 @@ def test_no_request_fails_when_rotate_runs_under_load_and_the_old_key_is_revoked
         no_secret(ran, first, api.current_key or "")
 
 
-@needs_ssm_store
 def test_rotate_puts_a_new_parameter_version_of_the_same_type(
     request: pytest.FixtureRequest, api: FakeScalingAPI, run_rotate: RunRotate
 ) -> None:

@@ -13,14 +13,20 @@ import boto3
 import pytest
 
 from scaling_credentials import (
+    ApiKey,
     ConfigurationError,
     InvalidKeyFormatError,
     ProviderError,
     SecretNotFoundError,
     provider_from_uri,
 )
-from scaling_credentials.testing import free_port, run_in_threads
-from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
+from scaling_credentials.testing import free_port, run_in_threads, wait_child
+from scaling_credentials.testing.provider_suite import (
+    assert_equal_masked,
+    assert_key_is,
+    assert_no_secret,
+    good_value,
+)
 from scaling_credentials_aws import LambdaExtensionProvider, SecretsManagerProvider
 
 KEY_A = good_value("alpha")
@@ -54,7 +60,7 @@ def test_secret_binary_is_read_as_utf8(
 ) -> None:
     version = put(sm, secret_name, SecretBinary=KEY_A.encode())
     key = _provider(secret_name, moto_endpoint).fetch()
-    assert key.reveal() == KEY_A
+    assert_key_is(key, KEY_A)
     assert key.version == version
 
 
@@ -62,7 +68,7 @@ def test_secret_binary_json_field(
     sm: Any, moto_endpoint: str, secret_name: str, put: Callable[..., str]
 ) -> None:
     put(sm, secret_name, SecretBinary=json.dumps({"api_key": KEY_A}).encode())
-    assert _provider(secret_name, moto_endpoint, field="api_key").fetch().reveal() == KEY_A
+    assert_key_is(_provider(secret_name, moto_endpoint, field="api_key").fetch(), KEY_A)
 
 
 def test_secret_binary_that_is_not_utf8_gives_a_typed_error_without_bytes(
@@ -90,10 +96,10 @@ def test_version_is_the_version_id_and_each_fetch_reads_awscurrent_afresh(
     provider = _provider(secret_name, moto_endpoint)
     first = put(sm, secret_name, SecretString=KEY_A)
     key = provider.fetch()
-    assert (key.reveal(), key.version) == (KEY_A, first)
+    assert (key, key.version) == (ApiKey(KEY_A), first)
     second = put(sm, secret_name, SecretString=KEY_B)  # moves AWSCURRENT
     key = provider.fetch()
-    assert (key.reveal(), key.version) == (KEY_B, second)
+    assert (key, key.version) == (ApiKey(KEY_B), second)
     assert provider.request_params() == {"SecretId": secret_name, "VersionStage": "AWSCURRENT"}
 
 
@@ -106,14 +112,14 @@ def test_version_stage_and_version_id_select_a_version(
         SecretId=secret_name, SecretString=KEY_C, VersionStages=["AWSPENDING"]
     )["VersionId"]
 
-    assert _provider(secret_name, moto_endpoint).fetch().reveal() == KEY_B
+    assert_key_is(_provider(secret_name, moto_endpoint).fetch(), KEY_B)
     previous = _provider(secret_name, moto_endpoint, version_stage="AWSPREVIOUS").fetch()
-    assert (previous.reveal(), previous.version) == (KEY_A, first)
+    assert (previous, previous.version) == (ApiKey(KEY_A), first)
     staged = _provider(secret_name, moto_endpoint, version_stage="AWSPENDING").fetch()
-    assert (staged.reveal(), staged.version) == (KEY_C, pending)
+    assert (staged, staged.version) == (ApiKey(KEY_C), pending)
     by_id = _provider(secret_name, moto_endpoint, version_id=first)
     assert by_id.request_params() == {"SecretId": secret_name, "VersionId": first}
-    assert by_id.fetch().reveal() == KEY_A
+    assert_key_is(by_id.fetch(), KEY_A)
 
 
 def test_missing_stage_or_version_is_secret_not_found(
@@ -151,7 +157,7 @@ def test_region_comes_from_an_arn(
     arn = sm.describe_secret(SecretId=secret_name)["ARN"]
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     provider = SecretsManagerProvider(arn, endpoint_url=moto_endpoint)
-    assert provider.fetch().reveal() == KEY_A
+    assert_key_is(provider.fetch(), KEY_A)
 
 
 def test_no_region_says_how_to_set_one(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> None:
@@ -228,7 +234,7 @@ def test_transient_internal_error_is_retried_to_success(scripted_sm: Any) -> Non
         (200, {"Name": "prod/scaling", "VersionId": "v-2", "SecretString": KEY_A}),
     )
     key = _provider("prod/scaling", scripted_sm.endpoint, max_attempts=2).fetch()
-    assert (key.reveal(), key.version) == (KEY_A, "v-2")
+    assert (key, key.version) == (ApiKey(KEY_A), "v-2")
 
 
 @pytest.mark.parametrize(
@@ -324,7 +330,7 @@ def test_one_client_is_created_and_shared_by_threads(
     put(sm, secret_name, SecretString=KEY_A)
     provider = _CountingClients(secret_name, endpoint_url=moto_endpoint)
     results = run_in_threads(lambda: provider.fetch().reveal(), threads=8)
-    assert results == [KEY_A] * 8
+    assert_equal_masked(results, [KEY_A] * 8)
     assert _CountingClients.made == 1
     provider.fetch()
     assert _CountingClients.made == 1
@@ -333,7 +339,7 @@ def test_one_client_is_created_and_shared_by_threads(
 def test_a_given_client_is_used_as_is(sm: Any, secret_name: str, put: Callable[..., str]) -> None:
     put(sm, secret_name, SecretString=KEY_A)
     provider = SecretsManagerProvider(secret_name, client=sm)
-    assert provider.fetch().reveal() == KEY_A
+    assert_key_is(provider.fetch(), KEY_A)
     assert provider._get_client() is sm
 
 
@@ -356,16 +362,7 @@ def test_a_forked_child_builds_its_own_client(
         finally:
             os._exit(0)
     os.close(write_end)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.02)  # waiting for a child process, not for a TTL
-    else:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child did not finish")
+    wait_child(pid, 30)  # its exit code says nothing: the child always leaves with 0
     with os.fdopen(read_end, "rb") as pipe:
         reused, ok, fresh = json.loads(pipe.read())
     assert (reused, ok, fresh) == (False, True, True)

@@ -27,7 +27,12 @@ from scaling_credentials.testing import (
     run_in_threads,
     run_rotation_threads,
 )
-from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
+from scaling_credentials.testing.provider_suite import (
+    assert_equal_masked,
+    assert_key_is,
+    assert_no_secret,
+    good_value,
+)
 from scaling_credentials_aws import (
     LambdaExtensionProvider,
     ParameterStoreProvider,
@@ -77,7 +82,9 @@ def test_store_into_a_json_field_keeps_the_other_fields(
     version = provider.store(ApiKey(KEY_B))
     current = sm.get_secret_value(SecretId=secret_name)
     assert current["VersionId"] == version
-    assert json.loads(current["SecretString"]) == {"api_key": KEY_B, "owner": "ops", "n": 5}
+    assert_equal_masked(
+        json.loads(current["SecretString"]), {"api_key": KEY_B, "owner": "ops", "n": 5}
+    )
 
 
 def test_a_binary_json_secret_stays_binary(
@@ -88,7 +95,7 @@ def test_a_binary_json_secret_stays_binary(
     provider.store(ApiKey(KEY_B))
     current = sm.get_secret_value(SecretId=secret_name, VersionStage="AWSCURRENT")
     assert "SecretString" not in current
-    assert json.loads(current["SecretBinary"]) == {"api_key": KEY_B, "owner": "ops"}
+    assert_equal_masked(json.loads(current["SecretBinary"]), {"api_key": KEY_B, "owner": "ops"})
     assert_key_is(provider.fetch(), KEY_B)
 
 
@@ -176,7 +183,7 @@ def test_store_keeps_a_string_and_an_advanced_tier(
     assert parameter_store(parameter_name).store(ApiKey(KEY_B)) == "2"
     after = describe(ssm, parameter_name)
     assert (after["Type"], after["Tier"]) == ("String", "Advanced")
-    assert ssm.get_parameter(Name=parameter_name)["Parameter"]["Value"] == KEY_B
+    assert_equal_masked(ssm.get_parameter(Name=parameter_name)["Parameter"]["Value"], KEY_B)
 
 
 def test_store_into_a_json_field_of_a_parameter_keeps_the_other_fields(
@@ -187,7 +194,7 @@ def test_store_into_a_json_field_of_a_parameter_keeps_the_other_fields(
     provider = parameter_store(parameter_name, field="api_key")
     assert provider.store(ApiKey(KEY_B)) == "2"
     value = ssm.get_parameter(Name=parameter_name, WithDecryption=True)["Parameter"]["Value"]
-    assert json.loads(value) == {"api_key": KEY_B, "owner": "ops"}
+    assert_equal_masked(json.loads(value), {"api_key": KEY_B, "owner": "ops"})
 
 
 def test_store_through_an_arn_writes_the_named_parameter(
@@ -309,9 +316,10 @@ def test_concurrent_stores_into_a_field_lose_nothing_and_fetches_never_fail(
     versions = [one[0] for one in outcomes if len(one) == 1]
     seen = [value for many in outcomes if len(many) > 1 for value in many]
     assert len(set(versions)) == len(new_keys)  # one version each
-    assert set(seen) <= {KEY_A, *new_keys}
+    assert_equal_masked(set(seen) - {KEY_A, *new_keys}, set())  # each seen was one of them
     final = json.loads(sm.get_secret_value(SecretId=secret_name)["SecretString"])
-    assert final["owner"] == "ops" and final["api_key"] in new_keys
+    assert final["owner"] == "ops"
+    assert_equal_masked({final["api_key"]} - set(new_keys), set())  # one of the new keys
 
 
 @pytest.mark.parametrize("kind", ["aws-sm", "aws-ssm"])

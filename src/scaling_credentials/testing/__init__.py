@@ -5,9 +5,10 @@ pytest), test doubles, and a rotation-under-load harness (:func:`run_rotation_th
 :func:`run_rotation_tasks`, :func:`run_prefork_rotation`; httpx by default, any HTTP
 library through a :data:`ClientFactory`), a key file updated like a Kubernetes secret
 volume (:class:`SecretVolume`), an HTTP server that misbehaves on purpose
-(:class:`HostileServer`, fixture ``hostile_server``), and the ``scaling-credentials demo``
-(:func:`run_demo`)."""
+(:class:`HostileServer`, fixture ``hostile_server``), a bounded wait for a forked child
+(:func:`wait_child`), and the ``scaling-credentials demo`` (:func:`run_demo`)."""
 
+from ._children import wait_child
 from ._demo import DemoOptions, DemoReport, run_demo
 from ._fake_api import FakeScalingAPI, RecordedRequest, ScriptedResponse
 from ._helpers import FakeClock, FaultyProvider, MemoryCache, MemoryProvider, memory_cache
@@ -53,5 +54,6 @@ __all__ = [
     "run_prefork_rotation",
     "run_rotation_tasks",
     "run_rotation_threads",
+    "wait_child",
     "wait_for_port",
 ]

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import mmap
 import os
-import signal
 import struct
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import NamedTuple, TypeVar
 import httpx
 
 from .._auth import ScalingAuth
+from ._children import reap_child
 from ._fake_api import FakeScalingAPI
 
 __all__ = [
@@ -288,15 +288,8 @@ class _Board:
 
 
 def _wait_child(pid: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)  # waiting for a child process
-    os.kill(pid, signal.SIGKILL)  # stopped by the pid we started
-    os.waitpid(pid, 0)
-    return -9
+    code = reap_child(pid, timeout)
+    return -9 if code is None else code  # killed by the pid we started
 
 
 def run_prefork_rotation(

@@ -29,11 +29,13 @@ from .._errors import (
 )
 from .._key import ApiKey
 from .._provider import Provider
+from .._redact import redact
 from ._threads import run_in_threads
 
 __all__ = [
     "BAD_VALUES",
     "ProviderTests",
+    "assert_equal_masked",
     "assert_key_is",
     "assert_no_secret",
     "assert_no_secret_in_error",
@@ -91,6 +93,16 @@ def assert_key_is(key: ApiKey, value: str) -> None:
     __tracebackhide__ = True  # pytest would print the arguments: the expected value
     if key.reveal() != value:
         raise AssertionError(f"got {key.masked}, expected {ApiKey(value).masked}")
+
+
+def assert_equal_masked(actual: object, expected: object) -> None:
+    """Fail unless ``actual == expected``, showing both sides with every key masked: for
+    values that hold keys without being an :class:`ApiKey` (what a file, a backend or a
+    header holds; a document, a list or a set of such values). A plain ``assert`` would
+    print both sides whole."""
+    __tracebackhide__ = True  # pytest would print the arguments: the keys
+    if not actual == expected:
+        raise AssertionError(f"got {redact(repr(actual))}, expected {redact(repr(expected))}")
 
 
 def _token(value: str) -> str:
