@@ -18,7 +18,7 @@ from scaling_credentials import (
     InvalidKeyFormatError,
     ProviderError,
 )
-from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
+from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
 from scaling_credentials_aws import LambdaExtensionProvider
 
 KEY_A = good_value("alpha")
@@ -62,9 +62,10 @@ def test_request_carries_token_stage_and_version(
     previous = LambdaExtensionProvider(
         secret_name, version_stage="AWSPREVIOUS", port=extension.port
     ).fetch()
-    assert (previous.reveal(), previous.version) == (KEY_A, first)
+    assert_key_is(previous, KEY_A)
+    assert previous.version == first
     by_id = LambdaExtensionProvider(secret_name, version_id=first, port=extension.port).fetch()
-    assert by_id.reveal() == KEY_A
+    assert_key_is(by_id, KEY_A)
     params = [r.params for r in extension.requests]
     assert params == [
         {"secretId": secret_name, "versionStage": "AWSPREVIOUS"},
@@ -77,7 +78,7 @@ def test_secret_binary_arrives_base64_encoded(
     extension: Any, sm: Any, secret_name: str, put: Callable[..., str]
 ) -> None:
     put(sm, secret_name, SecretBinary=KEY_A.encode())
-    assert LambdaExtensionProvider(secret_name, port=extension.port).fetch().reveal() == KEY_A
+    assert_key_is(LambdaExtensionProvider(secret_name, port=extension.port).fetch(), KEY_A)
 
 
 def test_a_secret_name_with_slashes_and_an_arn_are_encoded(
@@ -85,7 +86,7 @@ def test_a_secret_name_with_slashes_and_an_arn_are_encoded(
 ) -> None:
     put(sm, secret_name, SecretString=KEY_A)
     arn = sm.describe_secret(SecretId=secret_name)["ARN"]
-    assert LambdaExtensionProvider(arn, port=extension.port).fetch().reveal() == KEY_A
+    assert_key_is(LambdaExtensionProvider(arn, port=extension.port).fetch(), KEY_A)
     assert extension.requests[-1].params["secretId"] == arn
 
 
@@ -104,7 +105,7 @@ def test_snapstart_token_variable_is_used(
     put(sm, secret_name, SecretString=KEY_A)
     monkeypatch.delenv("AWS_SESSION_TOKEN")
     monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", extension.token)
-    assert LambdaExtensionProvider(secret_name, port=extension.port).fetch().reveal() == KEY_A
+    assert_key_is(LambdaExtensionProvider(secret_name, port=extension.port).fetch(), KEY_A)
 
 
 @pytest.mark.parametrize(
@@ -156,7 +157,8 @@ def test_refresh_now_ignored_falls_back_to_a_direct_read(
     old = provider.fetch()
     version = put(sm, secret_name, SecretString=KEY_B)
     fresh = drive.refetch(provider, old)
-    assert (fresh.reveal(), fresh.version) == (KEY_B, version)
+    assert_key_is(fresh, KEY_B)
+    assert fresh.version == version
     assert fresh.source == f"aws-sm:{secret_name}"  # it says where it really came from
     assert provider.fetch() == old  # later fetches go through the extension again
 
@@ -179,7 +181,7 @@ def test_a_400_to_refresh_now_then_the_rejected_key_goes_direct(
     extension.scripted.append((400, b"unknown query parameter refreshNow"))
     # The extension refused refreshNow: the provider asks again without it, gets the
     # cached (rejected) key, and reads Secrets Manager directly.
-    assert drive.refetch(provider, rejected).reveal() == KEY_B
+    assert_key_is(drive.refetch(provider, rejected), KEY_B)
     assert [r.params.get("refreshNow") for r in extension.requests][-2:] == ["true", None]
 
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from scaling_credentials import ConfigurationError, ProviderError
 from scaling_credentials.testing import FakeClock
-from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
+from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
 from scaling_credentials_vault import (
     AppRoleAuth,
     JWTAuth,
@@ -125,16 +125,16 @@ def test_approle_reads_keep_working_across_token_expiry(
     timely = Counting(AppRoleAuth(role.role_id, role.secret_id))
     stale_provider = VaultProvider(kv_secret, url=bao.url, auth=frozen, clock=FakeClock())
     real_provider = VaultProvider(kv_secret, url=bao.url, auth=timely)
-    assert stale_provider.fetch().reveal() == KEY
-    assert real_provider.fetch().reveal() == KEY
+    assert_key_is(stale_provider.fetch(), KEY)
+    assert_key_is(real_provider.fetch(), KEY)
     assert frozen.tokens[0].ttl == 2
 
     # Vault's own token expiry: a real wait of about two seconds, bounded.
     poll(lambda: token_is_dead(bao_root, frozen.tokens[0].accessor), timeout=15, what="expiry")
     poll(lambda: token_is_dead(bao_root, timely.tokens[0].accessor), timeout=15, what="expiry")
 
-    assert stale_provider.fetch().reveal() == KEY
-    assert real_provider.fetch().reveal() == KEY
+    assert_key_is(stale_provider.fetch(), KEY)
+    assert_key_is(real_provider.fetch(), KEY)
     assert frozen.logins == 2
     assert timely.logins == 2
     assert "logging in again" in caplog.text
@@ -153,12 +153,12 @@ def test_approle_relogin_after_the_token_is_revoked(
     role = approle(token_ttl="10m")
     auth = Counting(AppRoleAuth(role.role_id, role.secret_id))
     provider = VaultProvider(kv_secret, url=bao.url, auth=auth)
-    assert provider.fetch().reveal() == KEY
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
+    assert_key_is(provider.fetch(), KEY)
     assert auth.logins == 1  # the token is kept between fetches
 
     bao_root.auth.token.revoke_accessor(auth.tokens[0].accessor)
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     assert auth.logins == 2
     assert auth.tokens[1].token != auth.tokens[0].token
 
@@ -171,7 +171,7 @@ def test_approle_relogin_with_revoke_self(
     provider = VaultProvider(kv_secret, url=bao.url, auth=auth)
     provider.fetch()
     bao.client(auth.tokens[0].token).auth.token.revoke_self()
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     assert auth.logins == 2
 
 
@@ -246,7 +246,7 @@ def test_non_renewable_token_means_a_new_login_near_expiry(
     provider.fetch()
     assert not auth.tokens[0].renewable
     clock.advance(45)
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     assert auth.logins == 2
 
 
@@ -270,7 +270,7 @@ def test_approle_secret_id_from_a_file_is_read_at_each_login(
     bao_root.auth.approle.destroy_secret_id(role.name, role.secret_id)
     (tmp_path / "secret_id").write_text(fresh)
     bao_root.auth.token.revoke_accessor(auth.tokens[0].accessor)
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     assert auth.logins == 2
 
 
@@ -397,7 +397,7 @@ def test_jwt_login_as_a_kubernetes_workload_and_token_rotation(
     write_atomically(token_file, first_jwt)
     auth = Counting(JWTAuth("scaling-app", jwt_path=token_file, mount_point=jwt_mount))
     provider = VaultProvider(kv_secret, url=bao.url, auth=auth)
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     assert auth.tokens[0].policies == ("default", POLICY)
 
     # The cluster's signing key rotates and the kubelet writes a token signed with the new
@@ -410,7 +410,7 @@ def test_jwt_login_as_a_kubernetes_workload_and_token_rotation(
         bao_root.auth.jwt.jwt_login("scaling-app", first_jwt, use_token=False, path=jwt_mount)
     bao_root.auth.token.revoke_accessor(auth.tokens[0].accessor)
 
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     assert auth.logins == 2
     for secret in (first_jwt, second_jwt, *(t.token for t in auth.tokens)):
         assert_no_secret(secret, caplog.text, repr(provider), repr(auth.inner))
@@ -554,7 +554,7 @@ def test_kubernetes_auth_with_the_service_account_token(
         write_atomically(jwt_file, first)
         auth = Counting(KubernetesAuth("scaling-app", jwt_path=jwt_file, mount_point=mount))
         provider = VaultProvider(kv_secret, url=bao.url, auth=auth)
-        assert provider.fetch().reveal() == KEY
+        assert_key_is(provider.fetch(), KEY)
         assert token_review.reviewed == [first]
 
         # The kubelet rotates the projected token; the old one stops being valid.
@@ -562,7 +562,7 @@ def test_kubernetes_auth_with_the_service_account_token(
         token_review.accepted = {second: ("payments", "scaling-app")}
         write_atomically(jwt_file, second)
         bao_root.auth.token.revoke_accessor(auth.tokens[0].accessor)
-        assert provider.fetch().reveal() == KEY
+        assert_key_is(provider.fetch(), KEY)
         assert token_review.reviewed == [first, second]
         assert auth.logins == 2
     finally:
@@ -578,7 +578,7 @@ def test_token_from_vault_token_env(
     vault_env.setenv("VAULT_ADDR", bao.url)
     vault_env.setenv("VAULT_TOKEN", bao.root_token)
     provider = VaultProvider(kv_secret)
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     assert_no_secret(bao.root_token, repr(provider), repr(provider.auth))
 
 
@@ -586,7 +586,7 @@ def test_token_from_home_vault_token_file(
     bao: Any, kv_secret: str, vault_env: pytest.MonkeyPatch
 ) -> None:
     Path(os.environ["HOME"], ".vault-token").write_text(bao.root_token + "\n")
-    assert VaultProvider(kv_secret, url=bao.url).fetch().reveal() == KEY
+    assert_key_is(VaultProvider(kv_secret, url=bao.url).fetch(), KEY)
 
 
 def test_token_file_is_reread_after_the_token_is_revoked(
@@ -603,12 +603,12 @@ def test_token_file_is_reread_after_the_token_is_revoked(
     vault_env.setenv("VAULT_TOKEN_FILE", str(sink))
     auth = Counting(TokenAuth())
     provider = VaultProvider(kv_secret, url=bao.url, auth=auth)
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     assert auth.tokens[0].ttl is not None and 500 < auth.tokens[0].ttl <= 600
     second = bao_root.auth.token.create(policies=[POLICY], ttl="10m")["auth"]
     write_atomically(sink, second["client_token"])
     bao_root.auth.token.revoke_accessor(first["accessor"])
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     assert auth.logins == 2
 
 
@@ -637,7 +637,7 @@ def test_client_with_a_token_is_used_and_never_changed(
 ) -> None:
     client = hvac.Client(url=bao.url, token=bao.root_token, timeout=5)
     provider = VaultProvider(kv_secret, client=client)
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     assert client.token == bao.root_token
     with pytest.raises(ConfigurationError, match="not both"):
         VaultProvider(kv_secret, client=client, url=bao.url)

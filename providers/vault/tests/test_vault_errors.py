@@ -19,7 +19,7 @@ from scaling_credentials import (
     SecretNotFoundError,
 )
 from scaling_credentials.testing import free_port
-from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
+from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
 from scaling_credentials_vault import TokenAuth, VaultProvider
 
 KEY = good_value("errors")
@@ -201,7 +201,7 @@ def test_kv1_answer_without_data_gives_no_kv2_hint(
         path=secret_path, secret={"api_key": KEY}, mount_point="kv1"
     )
     provider = provider_for(secret_path, mount_point="kv1", kv_version=1)
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     # An answer without "data" (an empty 200 or a 204, from a proxy say); KV v1 keeps
     # no versions, so no "deleted version" or "undelete" hint applies.
     monkeypatch.setattr(
@@ -237,7 +237,7 @@ def test_sealed_then_stopped_server(
     root = server.client()
     root.secrets.kv.v2.create_or_update_secret(path="scaling/app", secret={"api_key": KEY})
     provider = VaultProvider("scaling/app", url=server.url, auth=TokenAuth(server.root_token))
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
 
     root.sys.seal()
     error = fetch_error(provider)
@@ -271,7 +271,7 @@ def test_tls_verification_and_vault_cacert(
     vault_env.setenv("VAULT_ADDR", server.url)
     trusted = VaultProvider("scaling/app", auth=TokenAuth(server.root_token))
     assert trusted.verify == server.ca_cert
-    assert trusted.fetch().reveal() == KEY
+    assert_key_is(trusted.fetch(), KEY)
     assert (
         VaultProvider(
             "scaling/app", url=server.url, verify=server.ca_cert, auth=TokenAuth(server.root_token)

@@ -32,7 +32,7 @@ import pytest
 
 from scaling_credentials import ProviderError
 from scaling_credentials.testing import FakeClock
-from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
+from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
 from scaling_credentials_vault import (
     AppRoleAuth,
     JWTAuth,
@@ -395,7 +395,7 @@ def test_renewal_does_not_send_the_token_to_another_origin(
     provider = VaultProvider(
         "scaling/api", url=vault.url, auth=AppRoleAuth(ROLE_ID, SECRET_ID), clock=clock
     )
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     clock.advance(25)  # past two thirds of the 30 s TTL: renew-self is due
     refused(provider, recorder, ISSUED_TOKEN, ROLE_ID, SECRET_ID)
     assert ("POST", renew) in vault.seen
@@ -471,7 +471,7 @@ def test_same_origin_redirect_is_followed(
     proxy = serve(redirecting_proxy(bao.url, lambda: proxy.url))
     provider = VaultProvider(secret_path, url=proxy.url, auth=TokenAuth(bao.root_token))
     key = provider.fetch()
-    assert key.reveal() == KEY
+    assert_key_is(key, KEY)
     assert key.version == str(version)
     # The login's lookup-self and the read, each redirected once, then served.
     assert [path for _, path in proxy.seen] == [
@@ -495,6 +495,6 @@ def test_a_callers_session_hooks_still_run(
     seen: list[str] = []
     client.session.hooks["response"].append(lambda response, **_: seen.append(response.url))
     provider = VaultProvider(secret_path, client=client)
-    assert provider.fetch().reveal() == KEY
+    assert_key_is(provider.fetch(), KEY)
     paths = [urlsplit(url).path for url in seen]
     assert paths == ["/v1/auth/token/lookup-self", f"/v1/secret/data/{secret_path}"]

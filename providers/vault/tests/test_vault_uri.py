@@ -17,7 +17,7 @@ from scaling_credentials import (
     provider_from_uri,
 )
 from scaling_credentials._registry import installed_schemes
-from scaling_credentials.testing.provider_suite import assert_no_secret, good_value
+from scaling_credentials.testing.provider_suite import assert_key_is, assert_no_secret, good_value
 from scaling_credentials_vault import (
     AppRoleAuth,
     JWTAuth,
@@ -171,7 +171,7 @@ def test_provider_from_env_end_to_end_with_approle(
     vault_env.setenv("VAULT_SECRET_ID_FILE", str(tmp_path / "secret-id"))
     vault_env.setenv("SCALING_API_KEY_SOURCE", f"vault:{secret_path}?auth=approle&field=token")
     fetched = provider_from_env().fetch()
-    assert fetched.reveal() == key
+    assert_key_is(fetched, key)
     assert fetched.version == "1"
     assert fetched.source == f"vault:{secret_path}?mount=secret&field=token"
 
@@ -186,7 +186,7 @@ def test_namespace_is_sent(bao: Any, bao_root: hvac.Client, vault_env: pytest.Mo
     vault_env.setenv("VAULT_NAMESPACE", namespace)
     vault_env.setenv("VAULT_TOKEN", bao.root_token)
     provider = VaultProvider("scaling/app", url=bao.url)
-    assert provider.fetch().reveal() == key
+    assert_key_is(provider.fetch(), key)
     vault_env.delenv("VAULT_NAMESPACE")
     outside = VaultProvider("scaling/app", url=bao.url)
     with pytest.raises(SecretNotFoundError):
@@ -204,6 +204,6 @@ def test_openbao_variable_names_are_read_too(
     provider = vault(f"vault:{secret_path}")
     assert provider.url == bao.url
     assert provider.namespace is None
-    assert provider.fetch().reveal() == key
+    assert_key_is(provider.fetch(), key)
     vault_env.setenv("VAULT_ADDR", "http://127.0.0.1:1")  # VAULT_* wins
     assert vault(f"vault:{secret_path}").url == "http://127.0.0.1:1"
