@@ -43,7 +43,6 @@ class Flight:
         "async_waiters",
         "deadline",
         "done",
-        "duration",
         "error",
         "finished",
         "key",
@@ -53,14 +52,12 @@ class Flight:
         "orphaned",
         "rejected",
         "stamp",
-        "started_at",
         "task",
     )
 
     def __init__(
         self,
         kind: FetchKind,
-        started_at: float,
         timeout: float,
         rejected: ApiKey | None = None,
         number: int = 0,
@@ -68,7 +65,6 @@ class Flight:
         self.kind = kind
         self.number = number  # flights of one cache are numbered in the order they start
         self.rejected = rejected  # a forced fetch after the API rejected this key
-        self.started_at = started_at  # cache clock
         self.deadline = time.monotonic() + timeout  # real time: timeouts are real
         self.done = threading.Event()
         self.finished = False
@@ -76,7 +72,6 @@ class Flight:
         self.orphaned = False  # its task was cancelled with its loop: no outcome
         self.key: ApiKey | None = None
         self.error: BaseException | None = None
-        self.duration = 0.0
         self.stamp: object = None  # the provider's stamp, taken before the fetch
         self.async_waiters: list[asyncio.Future[None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None

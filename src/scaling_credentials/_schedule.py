@@ -186,17 +186,6 @@ class Entry:
         self.until = min(refresh_at, check_at)
 
 
-def _entry(
-    key: ApiKey,
-    fetched_at: float,
-    expires_at: float,
-    refresh_at: float,
-    check_at: float,
-    stamp: Hashable | None,
-) -> Entry:
-    return Entry(key, fetched_at, expires_at, refresh_at, check_at, stamp)
-
-
 # ---------------------------------------------------------------------- actions
 # Plain classes with slots too, for the same reason as the records above.
 
@@ -391,7 +380,7 @@ class Schedule:
             if now >= entry.check_at:
                 # Claim this check: the next one is due an interval from now.
                 check_at = now + self.policy.check_interval
-                self.entry = _entry(
+                self.entry = Entry(
                     entry.key,
                     entry.fetched_at,
                     entry.expires_at,
@@ -546,7 +535,7 @@ class Schedule:
             expires_at = max(held.expires_at, now + lifetime)
             # Never served past its expiry without asking the source.
             delay = min(self.policy.backoff(self.kept_in_a_row, self.rng), expires_at - now)
-            self.entry = _entry(
+            self.entry = Entry(
                 held.key,
                 held.fetched_at,
                 expires_at,
@@ -559,7 +548,7 @@ class Schedule:
         self.kept_in_a_row = 0
         ahead = min(self.policy.refresh_ahead, lifetime / 2)
         check_at = now + self.policy.check_interval if self.checks else float("inf")
-        self.entry = _entry(key, now, now + lifetime, now + lifetime - ahead, check_at, stamp)
+        self.entry = Entry(key, now, now + lifetime, now + lifetime - ahead, check_at, stamp)
         return Stored(key, held.key if held is not None else None)
 
     def forget(self) -> None:
