@@ -20,6 +20,7 @@ from scaling_credentials.testing import (
     MemoryProvider,
     ScriptedResponse,
 )
+from scaling_credentials.testing.provider_suite import assert_no_secret
 
 PATH = "/oncall/schedules"
 KEY = "scl_live_AIOHTTPkey0123456789abcdefXYZab"
@@ -83,6 +84,53 @@ def test_plain_http_through_an_explicit_proxy_is_refused(
         status_of(middleware, api.url + PATH, proxy=proxy.url)
     assert proxy.received == b""
     assert api.requests == []
+
+
+def assert_no_key(*texts: bytes) -> None:
+    for text in texts:
+        shown = text.decode("latin-1")
+        for secret in (KEY, KEY.removeprefix("scl_live_")):
+            assert_no_secret(secret, shown)
+
+
+def test_an_explicit_proxy_is_refused_after_the_host_was_reached_directly(
+    proxy: HostileServer,
+) -> None:
+    # The destination passed its checks once (direct); the same URL through a proxy is a
+    # new route, which the proxy would read in cleartext.
+    with HostileServer() as origin:
+        origin.route(PATH, HostileServer.json(200, b'{"data": []}'))
+        middleware, _ = middleware_with(KEY)
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
+                async with session.get(origin.url + PATH) as response:
+                    assert response.status == 200
+                with pytest.raises(ConfigurationError, match="proxy"):
+                    async with session.get(origin.url + PATH, proxy=proxy.url):
+                        pass
+
+        asyncio.run(scenario())
+        assert proxy.hits == []
+        assert_no_key(proxy.received)
+        assert len(origin.hits) == 1
+
+
+def test_a_middleware_shared_with_a_trust_env_session_refuses_its_proxy(
+    proxy: HostileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One middleware, two sessions: the one without trust_env reaches the host directly;
+    # the one with it would go through HTTP_PROXY, and is refused.
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    with HostileServer() as origin:
+        origin.route(PATH, HostileServer.json(200, b'{"data": []}'))
+        middleware, _ = middleware_with(KEY)
+        assert status_of(middleware, origin.url + PATH) == 200
+        with pytest.raises(ConfigurationError, match="proxy"):
+            status_of(middleware, origin.url + PATH, session_options={"trust_env": True})
+        assert proxy.hits == []
+        assert_no_key(proxy.received)
+        assert len(origin.hits) == 1
 
 
 # ============================================================================ 401 bodies

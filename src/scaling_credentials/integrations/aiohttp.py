@@ -84,7 +84,9 @@ class ScalingMiddleware(KeyAuthBase):
                 response = await handler(request)
                 _note_redirect(response, None)
                 return response
-        marker = (url.scheme, url.raw_authority)
+        # The proxy is part of the route: the same URL through a proxy (proxy=, or a
+        # session with trust_env=True sharing this middleware) is checked anew.
+        marker = (url.scheme, url.raw_authority, request.proxy)
         if marker not in self._core.checked:
             self._check(request, url, marker)
         key = self._cache._fresh() or await self._cache.aget()
@@ -96,7 +98,7 @@ class ScalingMiddleware(KeyAuthBase):
             _note_redirect(response, _origin(url))
         return response
 
-    def _check(self, request: ClientRequest, url: URL, marker: tuple[str, str]) -> None:
+    def _check(self, request: ClientRequest, url: URL, marker: tuple[str, str, URL | None]) -> None:
         self._core.check(
             marker,
             url.scheme,
