@@ -220,3 +220,27 @@ def test_an_unfollowed_redirect_then_a_new_request_gets_the_key(api: FakeScaling
 
     assert asyncio.run(scenario()) == [307, 200]
     assert [r.key is not None for r in api.requests] == [True, True]
+
+
+def test_a_request_to_where_an_unfollowed_redirect_pointed_gets_the_key(
+    api: FakeScalingAPI, hostile_server: HostileServer
+) -> None:
+    # A redirect to another origin, not followed (allow_redirects=False); then a request
+    # of the caller's own, in the same task, to exactly that URL: not a redirect hop, so
+    # it carries the key.
+    middleware, _ = middleware_with(api.issue_key())
+    hostile_server.route("/v1/redirect", HostileServer.redirect(api.url + PATH))
+
+    async def scenario() -> list[int]:
+        async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
+            statuses = []
+            for url, follow in (
+                (hostile_server.url + "/v1/redirect", False),
+                (api.url + PATH, True),
+            ):
+                async with session.get(url, allow_redirects=follow) as response:
+                    statuses.append(response.status)
+            return statuses
+
+    assert asyncio.run(scenario()) == [307, 200]
+    assert [r.key is not None for r in api.requests] == [True]

@@ -364,6 +364,30 @@ def test_the_key_never_follows_a_redirect_to_another_origin(
         assert_no_secret(second.received.decode("latin-1"), KEY)
 
 
+def test_the_key_never_follows_a_protocol_relative_redirect(
+    hostile_server: HostileServer, driver: Driver
+) -> None:
+    # Location: //host:port/path names another origin with the current scheme: the
+    # clients follow it there, and the key stays behind.
+    with HostileServer() as second:
+        second.route("/v1" + PATH, HostileServer.json(401, REJECTION))
+        relative = f"//127.0.0.1:{second.port}/v1{PATH}"
+        hostile_server.route("/v1/redirect", HostileServer.redirect(relative))
+        auth, provider = driver.make(KEY)
+        auth.cache.get()
+        provider.value = NEXT  # a refetch would resend with this
+        status, _, redirects = driver.request(auth, hostile_server.url + "/v1/redirect")
+        # Counted first, never shown: a hit that carried the key would print it.
+        received = second.received.decode("latin-1")
+        keyed = sum("authorization" in hit.headers for hit in second.hits)
+        assert_no_secret(KEY, received)
+        assert_no_secret(NEXT, received)
+        assert keyed == 0
+        assert (status, redirects) == (401, 1)
+        assert provider.fetches == 1
+        assert (len(second.hits), len(hostile_server.hits)) == (1, 1)
+
+
 def test_a_401_after_a_same_origin_redirect_is_a_rejection(
     hostile_server: HostileServer, driver: Driver
 ) -> None:
