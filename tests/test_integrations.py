@@ -241,6 +241,32 @@ def test_the_three_clients_word_a_refusal_alike(url: str, reason: str) -> None:
     assert len(set(texts)) == 1, texts
 
 
+PASTED_TOKEN = "PASTEDkey0123456789abcdefXYZ"
+PASTED = {
+    "path": f"/v1/keys/scl_live_{PASTED_TOKEN}",
+    "query": f"/v1/x?key=scl_live_{PASTED_TOKEN}",
+    "encoded": f"/v1/x?key=scl%5Flive%5F{PASTED_TOKEN}",
+    "prefix-encoded": f"/v1/keys/%73%63%6C%5F%6C%69%76%65%5F{PASTED_TOKEN}",
+}
+
+
+@pytest.mark.parametrize("where", sorted(PASTED))
+def test_a_url_holding_a_key_is_refused_on_every_request(
+    hostile_server: HostileServer, driver: Driver, where: str
+) -> None:
+    # The host passed every check once (a request to another path): a URL on it that
+    # holds a key is still refused, before a byte is sent.
+    hostile_server.route("/v1" + PATH, HostileServer.json(200, b'{"data": []}'))
+    auth, _ = driver.make(KEY)
+    url = hostile_server.url + PASTED[where]
+    for _ in range(2):
+        with pytest.raises(ConfigurationError, match="URL holds an API key"):
+            driver.request(auth, url)
+        assert driver.request(auth, hostile_server.url + "/v1" + PATH).status == 200
+    assert_no_secret(PASTED_TOKEN, hostile_server.received.decode("latin-1"))
+    assert len(hostile_server.hits) == 2
+
+
 def test_allowed_hosts_extend_the_destinations_over_https_only(
     api: FakeScalingAPI, driver: Driver
 ) -> None:

@@ -17,6 +17,7 @@ from ._authcore import (
     ENVIRONMENT_PROXY,
     AllowedHosts,
     KeyAuthBase,
+    check_target,
     check_url_parts,
     normalize_hosts,
     refuse_proxied,
@@ -147,7 +148,8 @@ class ScalingAuth(httpx.Auth, KeyAuthBase):
     (``HTTP_PROXY``, ``ALL_PROXY``, not lifted by ``NO_PROXY``) would send through a
     proxy is refused with :class:`ConfigurationError` before anything is sent; https
     through a proxy (a ``CONNECT`` tunnel) is fine. Destinations are checked once per
-    scheme, host and port.
+    scheme, host and port; the path and query, for a key pasted into them, on every
+    request.
     """
 
     requires_request_body = False
@@ -165,7 +167,16 @@ class ScalingAuth(httpx.Auth, KeyAuthBase):
 
     def _check(self, request: httpx.Request) -> None:
         url = request.url
-        marker = (url.scheme, url.raw_host, url.port, url.userinfo)
+        try:
+            # httpx's parsed URL, read whole (it runs on every request): its properties
+            # would each read it and encode their part again.
+            ref = url._uri_reference
+        except AttributeError:  # a future httpx: its public properties
+            check_target(url.raw_path.decode("ascii", "replace"), "")
+            marker: tuple[object, ...] = (url.scheme, url.raw_host, url.port, url.userinfo)
+        else:
+            check_target(ref.path, ref.query or "")
+            marker = (ref.scheme, ref.host, ref.port, ref.userinfo)
         if marker in self._core.checked:
             return
         self._core.check(marker, url.scheme, url.host, _url_parts(url), lambda: self._proxied(url))

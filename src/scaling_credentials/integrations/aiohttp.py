@@ -34,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a fresh interprete
     raise missing("aiohttp", extra="aiohttp") from exc
 
 from .._api import ErrorBodyReader, error_body_too_long
-from .._authcore import KeyAuthBase, refuse_proxied, same_origin
+from .._authcore import KeyAuthBase, check_target, refuse_proxied, same_origin
 from .._errors import ConfigurationError
 from .._key import ApiKey
 
@@ -88,6 +88,7 @@ class ScalingMiddleware(KeyAuthBase):
                 response = await handler(request)
                 _note_redirect(request, response, None)
                 return response
+        check_target(url.raw_path, url.raw_query_string)
         # The proxy is part of the route: the same URL through a proxy (proxy=, or a
         # session with trust_env=True sharing this middleware) is checked anew.
         marker = (url.scheme, url.raw_authority, request.proxy)
