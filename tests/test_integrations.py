@@ -20,13 +20,14 @@ import httpx
 import pytest
 import requests
 
-from scaling_credentials import ConfigurationError, KeyCache, ScalingAuth
+from scaling_credentials import ApiKey, ConfigurationError, KeyCache, ScalingAuth
 from scaling_credentials._authcore import KeyAuthBase
 from scaling_credentials.integrations.aiohttp import ScalingMiddleware
 from scaling_credentials.integrations.requests import ScalingRequestsAuth
 from scaling_credentials.testing import (
     AsyncClientFactory,
     ClientFactory,
+    FakeClock,
     FakeScalingAPI,
     HostileServer,
     MemoryProvider,
@@ -178,6 +179,48 @@ def test_the_source_holding_the_rejected_key_returns_the_401(
     assert answer.status == 401 and json.loads(answer.body)["code"] == "invalid_api_key"
     assert provider.fetches == 2  # one forced fetch, no loop
     assert len(api.requests) == 1
+
+
+def test_a_source_back_on_a_rejected_key_warns_once_a_minute(
+    api: FakeScalingAPI, driver: Driver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # K1 is rejected, the source hands out K2, rejected too, then K1 again: the 401 is
+    # returned with no resend, and the operator is warned (once a minute per key, the
+    # rejections in between counted), naming both keys, masked.
+    clock = FakeClock()
+    k1 = api.issue_key()
+    auth, provider = driver.make(k1, clock=clock)
+    assert driver.request(auth, api.url + PATH).status == 200
+    k2 = api.issue_key()
+    api.revoke(k1)
+    api.revoke(k2)
+    provider.value = k2
+    with caplog.at_level(logging.DEBUG, logger="scaling_credentials"):
+        assert driver.request(auth, api.url + PATH).status == 401  # K1, then K2: retried once
+        provider.value = k1  # back on a key the API rejected before
+        caplog.clear()
+        assert driver.request(auth, api.url + PATH).status == 401  # K2: K1 is no retry
+        assert driver.request(auth, api.url + PATH).status == 401  # K1: stuck, counted
+        clock.advance(61)
+        assert driver.request(auth, api.url + PATH).status == 401  # K1: a minute later
+    masked1, masked2 = ApiKey(k1).masked, ApiKey(k2).masked
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("scaling_credentials")
+    ]
+    assert len(warnings) == 2, warnings
+    assert f"rejected key {masked2} and " in warnings[0]
+    assert f"returned {masked1}, a key it rejected before" in warnings[0]
+    assert "requests fail until the source holds a valid key" in warnings[0]
+    assert f"rejected key {masked1} and " in warnings[1]
+    assert "(1 more rejections of this key since the last warning)" in warnings[1]
+    debug = [r.getMessage() for r in caplog.records if r.name == "scaling_credentials.auth"]
+    assert f"the source returned {masked1}, a key the API rejected before" in debug[0], debug
+    assert not any("no other key" in line for line in debug[:1]), debug
+    assert_no_secret(k1, caplog.text)
+    assert_no_secret(k2, caplog.text)
+    assert [r.status for r in api.requests] == [200, 401, 401, 401, 401, 401]
 
 
 @pytest.mark.parametrize("code", ["missing_authorization_header", "not_authorized"])

@@ -335,11 +335,21 @@ class KeyAuthCore:
                 self.cache.describe(),
             )
             return fresh
-        if decision == "same-key":
+        if decision == "same-key" and outcome == "rejected":
+            # The cache warned (once a minute per key): the source holds only keys the
+            # API rejected.
+            logger.debug(
+                "Scaling API rejected key %s (requestId %s); the source returned %s, a key "
+                "the API rejected before: returning the 401, not resending",
+                sent.masked,
+                _request_id(body),
+                fresh.masked,
+            )
+        elif decision == "same-key":
             # The cache warned (once a minute per key, naming the likely cause).
             logger.debug(
-                "Scaling API rejected key %s (requestId %s); the source has no other key "
-                "(%s), returning the 401",
+                "Scaling API rejected key %s (requestId %s); no other key to resend with "
+                "(refresh: %s), returning the 401",
                 sent.masked,
                 _request_id(body),
                 outcome,
