@@ -178,6 +178,61 @@ def test_without_auto_decompress_a_compressed_rejection_is_recognized(
     assert provider.fetches == 2
 
 
+@pytest.mark.parametrize(
+    ("session_setting", "request_setting"),
+    [(True, False), (False, True), (True, None), (False, None)],
+    ids=["request-off", "request-on", "session-on", "session-off"],
+)
+def test_auto_decompress_is_read_per_request(
+    hostile_server: HostileServer, session_setting: bool, request_setting: bool | None
+) -> None:
+    # A request's auto_decompress= overrides the session's: the middleware reads the
+    # body as this answer was handed over (decoded by aiohttp, or still gzip'd).
+    rejection = HostileServer.json(
+        401,
+        gzip.compress(b'{"statusCode": 401, "code": "invalid_api_key"}'),
+        [("Content-Encoding", "gzip")],
+    )
+    accepted = HostileServer.json(200, b'{"data": []}')
+    hostile_server.route(
+        "/v1" + PATH,
+        lambda hit: (rejection if KEY in hit.headers.get("authorization", "") else accepted)(hit),
+    )
+    middleware, provider = middleware_with(KEY)
+    middleware.cache.get()
+    provider.value = NEXT
+    options = {} if request_setting is None else {"auto_decompress": request_setting}
+    status = status_of(
+        middleware,
+        hostile_server.url + "/v1" + PATH,
+        session_options={"auto_decompress": session_setting},
+        **options,
+    )
+    assert status == 200
+    assert provider.fetches == 2
+    assert len(hostile_server.hits) == 2
+
+
+def test_an_encoding_aiohttp_leaves_encoded_is_decoded_by_the_middleware(
+    hostile_server: HostileServer,
+) -> None:
+    # aiohttp decodes one known encoding, not "gzip, gzip": with auto_decompress on, the
+    # body it hands over is still encoded, and the bounded decoder undoes both layers.
+    body = gzip.compress(gzip.compress(b'{"statusCode": 401, "code": "invalid_api_key"}'))
+    rejection = HostileServer.json(401, body, [("Content-Encoding", "gzip, gzip")])
+    accepted = HostileServer.json(200, b'{"data": []}')
+    hostile_server.route(
+        "/v1" + PATH,
+        lambda hit: (rejection if KEY in hit.headers.get("authorization", "") else accepted)(hit),
+    )
+    middleware, provider = middleware_with(KEY)
+    middleware.cache.get()
+    provider.value = NEXT
+    assert status_of(middleware, hostile_server.url + "/v1" + PATH) == 200
+    assert provider.fetches == 2
+    assert len(hostile_server.hits) == 2
+
+
 def test_a_stalled_401_is_given_up_on_in_bounded_time(
     hostile_server: HostileServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -201,13 +201,15 @@ async def _read_error_body(request: ClientRequest, response: ClientResponse) -> 
     timeout). ``None`` when larger, slower or not decodable in bounds. What was read is
     put back in front of the unread rest, so ``response.read()`` still returns all of it.
 
-    aiohttp decodes the body before the middleware sees it (``auto_decompress``, on by
-    default): it then bounds its own decoding (3.13.3 and later), and the bounded
-    decoder every client shares only counts. With ``auto_decompress=False`` on the
-    session, that decoder undoes ``gzip`` and ``deflate`` itself."""
+    aiohttp decodes the body before the middleware sees it when ``auto_decompress`` is
+    on (the session's, or the request's own ``auto_decompress=``) and the encoding is one
+    it knows: it then bounds its own decoding (3.13.3 and later), and the bounded
+    decoder every client shares only counts. Otherwise (``auto_decompress=False``, or
+    ``gzip, gzip``, which aiohttp leaves as it came) that decoder undoes ``gzip`` and
+    ``deflate`` itself. Which it was is read from this response (:func:`_decoded`)."""
     if error_body_too_long(response.headers.get(hdrs.CONTENT_LENGTH)):
         return None
-    decoded = request.session.auto_decompress
+    decoded = _decoded(request, response)
     reader = ErrorBodyReader(() if decoded else response.headers.getall(hdrs.CONTENT_ENCODING, ()))
     if reader.failed:
         return None
@@ -226,6 +228,18 @@ async def _read_error_body(request: ClientRequest, response: ClientResponse) -> 
     finally:
         _put_back(content, b"".join(reader.raw))
     return reader.result() if complete else None
+
+
+def _decoded(request: ClientRequest, response: ClientResponse) -> bool:
+    """Whether aiohttp decodes this response's body before handing it over. It wraps the
+    stream in a decoder only then, and the decoder sets the stream's
+    ``total_compressed_bytes`` (the count behind the documented ``total_raw_bytes``),
+    ``None`` otherwise. Read per response, since a request's ``auto_decompress=``
+    overrides the session's; an aiohttp without that attribute: the session's setting."""
+    try:
+        return response.content.total_compressed_bytes is not None
+    except AttributeError:  # pragma: no cover - a future aiohttp (3.13.3 to 3.14 have it)
+        return request.session.auto_decompress
 
 
 def _put_back(content: aiohttp.StreamReader, data: bytes) -> None:
