@@ -151,9 +151,10 @@ def check_url_parts(*parts: str) -> None:
             )
 
 
-def check_target(path: str, query: str) -> None:
-    """:func:`check_url_parts` for a request's path and query, as sent, which differ from
-    one request to the next on a destination already checked: run on every request.
+def check_target(path: str, query: str = "") -> None:
+    """:func:`check_url_parts` for a request's path and query, as sent (apart, or joined
+    in ``path``), which differ from one request to the next on a destination already
+    checked: run on every request.
     Cheap where it finds nothing, the common case: without a ``%`` or the key's prefix
     in either, nothing can hold a key (a substring test on each, some 100 ns in all)."""
     if "%" in path or KEY_PREFIX in path or "%" in query or KEY_PREFIX in query:

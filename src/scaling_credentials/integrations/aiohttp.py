@@ -88,7 +88,8 @@ class ScalingMiddleware(KeyAuthBase):
                 response = await handler(request)
                 _note_redirect(request, response, None)
                 return response
-        check_target(url.raw_path, url.raw_query_string)
+        # The request line's target, which aiohttp builds (and caches on the URL) anyway.
+        check_target(url.raw_path_qs)
         # The proxy is part of the route: the same URL through a proxy (proxy=, or a
         # session with trust_env=True sharing this middleware) is checked anew.
         marker = (url.scheme, url.raw_authority, request.proxy)
