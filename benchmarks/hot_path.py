@@ -34,6 +34,7 @@ from _common import (
 )
 
 from scaling_credentials import ApiKey, FileProvider, KeyCache, ScalingAuth
+from scaling_credentials._authcore import check_target
 from scaling_credentials.testing import MemoryProvider
 
 URL = "https://api.scaling.cloud/v1/oncall/schedules"
@@ -58,7 +59,8 @@ class MinimalAuth(httpx.Auth):
 
 class PrototypeAuth(ScalingAuth):
     """ScalingAuth with the hot path inlined (a measurement aid, not library code): the
-    destination memo lookup, the cache's fresh-snapshot test and the header set are done
+    destination check (the path's substring test, the memo lookup), the cache's
+    fresh-snapshot test and the header set are done
     in the flow itself instead of through ``_check``, ``KeyCache.get``/``aget`` and
     ``_apply``. The async flow thus creates and awaits no coroutine while the key is
     fresh. Same behaviour; the 401 path is delegated to ScalingAuth's flow."""
@@ -66,8 +68,9 @@ class PrototypeAuth(ScalingAuth):
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
-        url = request.url
-        if (url.scheme, url.raw_host, url.port, url.userinfo) not in self._core.checked:
+        ref = request.url._uri_reference
+        check_target(ref.path, ref.query or "")
+        if (ref.scheme, ref.host, ref.port, ref.userinfo) not in self._core.checked:
             self._check(request)
         cache = self._cache
         hot = cache._state.entry
@@ -99,8 +102,9 @@ class PrototypeAuth(ScalingAuth):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        url = request.url
-        if (url.scheme, url.raw_host, url.port, url.userinfo) not in self._core.checked:
+        ref = request.url._uri_reference
+        check_target(ref.path, ref.query or "")
+        if (ref.scheme, ref.host, ref.port, ref.userinfo) not in self._core.checked:
             self._check(request)
         cache = self._cache
         hot = cache._state.entry
@@ -411,7 +415,8 @@ def reading(
         "(`Headers.__setitem__`: encode, lower-case, scan the header list), the floor that "
         "every auth setting a header pays (the minimal `httpx.Auth` pays "
         f"{minimal[0] - static[0]:.0f} ns of it); the destination check, a memo lookup "
-        "that keeps the key from being sent to a foreign host (the contract asks for it); "
+        "that keeps the key from being sent to a foreign host, and a substring test of the "
+        "path and query for a pasted key (the contract asks for both); "
         "and the cache read, one clock read and one comparison against an immutable "
         "snapshot with no lock. ScalingAuth runs one generator per request where an "
         "`auth_flow` override runs two, which pays back part of that.",

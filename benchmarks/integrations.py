@@ -339,8 +339,9 @@ def reading(
         "Reading:",
         f"- A request through requests costs about {request_ns / 1000:.0f} us here before "
         f"any network; ScalingRequestsAuth adds {ours:.0f} ns to it ({ours - minimal:.0f} "
-        "ns more than setting a fixed header): the destination check (a URL split and a "
-        "memo lookup), the cache read (one clock read and a comparison, no lock), the "
+        "ns more than setting a fixed header): the destination check (a URL split, a "
+        "substring test of the path and query, and a memo lookup), the cache read (one "
+        "clock read and a comparison, no lock), the "
         "header (built once per key), and a response hook, registered per request, that "
         "returns at once unless the answer is a 401 or a redirect.",
         f"- Through aiohttp a request costs about {aiohttp_ns / 1000:.0f} us with the "

@@ -1,6 +1,7 @@
-"""ScalingAuth: its plain decisions, its sources, concurrent and unknown-length cases under
-real clients. Every branch of the two drivers, by hand and under real clients against
-FakeScalingAPI, is in test_auth_drivers.py."""
+"""ScalingAuth: the plain decisions it shares with every client (in _authcore), its
+sources, concurrent and unknown-length cases under real clients. Every branch of the two
+drivers, by hand and under real clients against FakeScalingAPI, is in
+test_auth_drivers.py."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from scaling_credentials import (
     KeyCache,
     ScalingAuth,
 )
-from scaling_credentials._auth import (
-    _is_loopback,
+from scaling_credentials._authcore import (
     check_destination,
-    is_key_rejection,
+    is_loopback,
+    is_rejection,
     retry_decision,
 )
 from scaling_credentials.testing import FakeClock, FakeScalingAPI, MemoryProvider
@@ -28,8 +29,6 @@ from scaling_credentials.testing.provider_suite import assert_no_secret
 
 K1 = "scl_live_firstkey0123456789abcd"
 K2 = "scl_live_secondkey0123456789wxyz"
-
-URL = "https://api.scaling.cloud/v1/oncall/schedules"
 
 
 def error_body(code: str, status: int = 401) -> bytes:
@@ -71,8 +70,7 @@ def test_retry_decision() -> None:
     ],
 )
 def test_is_key_rejection(status: int, body: bytes, expected: bool) -> None:
-    request = httpx.Request("GET", URL)
-    assert is_key_rejection(httpx.Response(status, content=body, request=request)) is expected
+    assert is_rejection(status, body, carried=True) is expected
 
 
 @pytest.mark.parametrize(
@@ -87,7 +85,8 @@ def test_is_key_rejection(status: int, body: bytes, expected: bool) -> None:
     ],
 )
 def test_destinations_that_may_receive_the_key(url: str) -> None:
-    check_destination(httpx.URL(url))
+    parsed = httpx.URL(url)
+    check_destination(parsed.scheme, parsed.host)
 
 
 @pytest.mark.parametrize(
@@ -108,8 +107,9 @@ def test_destinations_that_may_receive_the_key(url: str) -> None:
     ],
 )
 def test_destinations_that_are_refused(url: str, reason: str) -> None:
+    parsed = httpx.URL(url)
     with pytest.raises(ConfigurationError, match=reason):
-        check_destination(httpx.URL(url))
+        check_destination(parsed.scheme, parsed.host)
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ def test_destinations_that_are_refused(url: str, reason: str) -> None:
     ],
 )
 def test_is_loopback(host: str, expected: bool) -> None:
-    assert _is_loopback(host) is expected
+    assert is_loopback(host) is expected
 
 
 def test_allowed_hosts_must_be_host_names() -> None:

@@ -20,6 +20,7 @@ from scaling_credentials.testing import (
     MemoryProvider,
     ScriptedResponse,
 )
+from scaling_credentials.testing.provider_suite import assert_no_secret
 
 PATH = "/oncall/schedules"
 KEY = "scl_live_AIOHTTPkey0123456789abcdefXYZab"
@@ -85,6 +86,53 @@ def test_plain_http_through_an_explicit_proxy_is_refused(
     assert api.requests == []
 
 
+def assert_no_key(*texts: bytes) -> None:
+    for text in texts:
+        shown = text.decode("latin-1")
+        for secret in (KEY, KEY.removeprefix("scl_live_")):
+            assert_no_secret(secret, shown)
+
+
+def test_an_explicit_proxy_is_refused_after_the_host_was_reached_directly(
+    proxy: HostileServer,
+) -> None:
+    # The destination passed its checks once (direct); the same URL through a proxy is a
+    # new route, which the proxy would read in cleartext.
+    with HostileServer() as origin:
+        origin.route(PATH, HostileServer.json(200, b'{"data": []}'))
+        middleware, _ = middleware_with(KEY)
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
+                async with session.get(origin.url + PATH) as response:
+                    assert response.status == 200
+                with pytest.raises(ConfigurationError, match="proxy"):
+                    async with session.get(origin.url + PATH, proxy=proxy.url):
+                        pass
+
+        asyncio.run(scenario())
+        assert proxy.hits == []
+        assert_no_key(proxy.received)
+        assert len(origin.hits) == 1
+
+
+def test_a_middleware_shared_with_a_trust_env_session_refuses_its_proxy(
+    proxy: HostileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One middleware, two sessions: the one without trust_env reaches the host directly;
+    # the one with it would go through HTTP_PROXY, and is refused.
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    with HostileServer() as origin:
+        origin.route(PATH, HostileServer.json(200, b'{"data": []}'))
+        middleware, _ = middleware_with(KEY)
+        assert status_of(middleware, origin.url + PATH) == 200
+        with pytest.raises(ConfigurationError, match="proxy"):
+            status_of(middleware, origin.url + PATH, session_options={"trust_env": True})
+        assert proxy.hits == []
+        assert_no_key(proxy.received)
+        assert len(origin.hits) == 1
+
+
 # ============================================================================ 401 bodies
 
 RAW_401S = {
@@ -130,6 +178,61 @@ def test_without_auto_decompress_a_compressed_rejection_is_recognized(
     assert provider.fetches == 2
 
 
+@pytest.mark.parametrize(
+    ("session_setting", "request_setting"),
+    [(True, False), (False, True), (True, None), (False, None)],
+    ids=["request-off", "request-on", "session-on", "session-off"],
+)
+def test_auto_decompress_is_read_per_request(
+    hostile_server: HostileServer, session_setting: bool, request_setting: bool | None
+) -> None:
+    # A request's auto_decompress= overrides the session's: the middleware reads the
+    # body as this answer was handed over (decoded by aiohttp, or still gzip'd).
+    rejection = HostileServer.json(
+        401,
+        gzip.compress(b'{"statusCode": 401, "code": "invalid_api_key"}'),
+        [("Content-Encoding", "gzip")],
+    )
+    accepted = HostileServer.json(200, b'{"data": []}')
+    hostile_server.route(
+        "/v1" + PATH,
+        lambda hit: (rejection if KEY in hit.headers.get("authorization", "") else accepted)(hit),
+    )
+    middleware, provider = middleware_with(KEY)
+    middleware.cache.get()
+    provider.value = NEXT
+    options = {} if request_setting is None else {"auto_decompress": request_setting}
+    status = status_of(
+        middleware,
+        hostile_server.url + "/v1" + PATH,
+        session_options={"auto_decompress": session_setting},
+        **options,
+    )
+    assert status == 200
+    assert provider.fetches == 2
+    assert len(hostile_server.hits) == 2
+
+
+def test_an_encoding_aiohttp_leaves_encoded_is_decoded_by_the_middleware(
+    hostile_server: HostileServer,
+) -> None:
+    # aiohttp decodes one known encoding, not "gzip, gzip": with auto_decompress on, the
+    # body it hands over is still encoded, and the bounded decoder undoes both layers.
+    body = gzip.compress(gzip.compress(b'{"statusCode": 401, "code": "invalid_api_key"}'))
+    rejection = HostileServer.json(401, body, [("Content-Encoding", "gzip, gzip")])
+    accepted = HostileServer.json(200, b'{"data": []}')
+    hostile_server.route(
+        "/v1" + PATH,
+        lambda hit: (rejection if KEY in hit.headers.get("authorization", "") else accepted)(hit),
+    )
+    middleware, provider = middleware_with(KEY)
+    middleware.cache.get()
+    provider.value = NEXT
+    assert status_of(middleware, hostile_server.url + "/v1" + PATH) == 200
+    assert provider.fetches == 2
+    assert len(hostile_server.hits) == 2
+
+
 def test_a_stalled_401_is_given_up_on_in_bounded_time(
     hostile_server: HostileServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,3 +275,27 @@ def test_an_unfollowed_redirect_then_a_new_request_gets_the_key(api: FakeScaling
 
     assert asyncio.run(scenario()) == [307, 200]
     assert [r.key is not None for r in api.requests] == [True, True]
+
+
+def test_a_request_to_where_an_unfollowed_redirect_pointed_gets_the_key(
+    api: FakeScalingAPI, hostile_server: HostileServer
+) -> None:
+    # A redirect to another origin, not followed (allow_redirects=False); then a request
+    # of the caller's own, in the same task, to exactly that URL: not a redirect hop, so
+    # it carries the key.
+    middleware, _ = middleware_with(api.issue_key())
+    hostile_server.route("/v1/redirect", HostileServer.redirect(api.url + PATH))
+
+    async def scenario() -> list[int]:
+        async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
+            statuses = []
+            for url, follow in (
+                (hostile_server.url + "/v1/redirect", False),
+                (api.url + PATH, True),
+            ):
+                async with session.get(url, allow_redirects=follow) as response:
+                    statuses.append(response.status)
+            return statuses
+
+    assert asyncio.run(scenario()) == [307, 200]
+    assert [r.key is not None for r in api.requests] == [True]

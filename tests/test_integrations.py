@@ -20,13 +20,14 @@ import httpx
 import pytest
 import requests
 
-from scaling_credentials import ConfigurationError, KeyCache, ScalingAuth
+from scaling_credentials import ApiKey, ConfigurationError, KeyCache, ScalingAuth
 from scaling_credentials._authcore import KeyAuthBase
 from scaling_credentials.integrations.aiohttp import ScalingMiddleware
 from scaling_credentials.integrations.requests import ScalingRequestsAuth
 from scaling_credentials.testing import (
     AsyncClientFactory,
     ClientFactory,
+    FakeClock,
     FakeScalingAPI,
     HostileServer,
     MemoryProvider,
@@ -184,6 +185,48 @@ def test_the_source_holding_the_rejected_key_returns_the_401(
     assert len(api.requests) == 1
 
 
+def test_a_source_back_on_a_rejected_key_warns_once_a_minute(
+    api: FakeScalingAPI, driver: Driver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # K1 is rejected, the source hands out K2, rejected too, then K1 again: the 401 is
+    # returned with no resend, and the operator is warned (once a minute per key, the
+    # rejections in between counted), naming both keys, masked.
+    clock = FakeClock()
+    k1 = api.issue_key()
+    auth, provider = driver.make(k1, clock=clock)
+    assert driver.request(auth, api.url + PATH).status == 200
+    k2 = api.issue_key()
+    api.revoke(k1)
+    api.revoke(k2)
+    provider.value = k2
+    with caplog.at_level(logging.DEBUG, logger="scaling_credentials"):
+        assert driver.request(auth, api.url + PATH).status == 401  # K1, then K2: retried once
+        provider.value = k1  # back on a key the API rejected before
+        caplog.clear()
+        assert driver.request(auth, api.url + PATH).status == 401  # K2: K1 is no retry
+        assert driver.request(auth, api.url + PATH).status == 401  # K1: stuck, counted
+        clock.advance(61)
+        assert driver.request(auth, api.url + PATH).status == 401  # K1: a minute later
+    masked1, masked2 = ApiKey(k1).masked, ApiKey(k2).masked
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("scaling_credentials")
+    ]
+    assert len(warnings) == 2, warnings
+    assert f"rejected key {masked2} and " in warnings[0]
+    assert f"returned {masked1}, a key it rejected before" in warnings[0]
+    assert "requests fail until the source holds a valid key" in warnings[0]
+    assert f"rejected key {masked1} and " in warnings[1]
+    assert "(1 more rejections of this key since the last warning)" in warnings[1]
+    debug = [r.getMessage() for r in caplog.records if r.name == "scaling_credentials.auth"]
+    assert f"the source returned {masked1}, a key the API rejected before" in debug[0], debug
+    assert not any("no other key" in line for line in debug[:1]), debug
+    assert_no_secret(k1, caplog.text)
+    assert_no_secret(k2, caplog.text)
+    assert [r.status for r in api.requests] == [200, 401, 401, 401, 401, 401]
+
+
 @pytest.mark.parametrize("code", ["missing_authorization_header", "not_authorized"])
 def test_other_401s_are_returned_untouched(
     hostile_server: HostileServer, driver: Driver, code: str
@@ -243,6 +286,32 @@ def test_the_three_clients_word_a_refusal_alike(url: str, reason: str) -> None:
             each.request(each.make(KEY)[0], url)
         texts.append(str(info.value).replace(each.auth.__name__ + "(", "<auth>("))
     assert len(set(texts)) == 1, texts
+
+
+PASTED_TOKEN = "PASTEDkey0123456789abcdefXYZ"
+PASTED = {
+    "path": f"/v1/keys/scl_live_{PASTED_TOKEN}",
+    "query": f"/v1/x?key=scl_live_{PASTED_TOKEN}",
+    "encoded": f"/v1/x?key=scl%5Flive%5F{PASTED_TOKEN}",
+    "prefix-encoded": f"/v1/keys/%73%63%6C%5F%6C%69%76%65%5F{PASTED_TOKEN}",
+}
+
+
+@pytest.mark.parametrize("where", sorted(PASTED))
+def test_a_url_holding_a_key_is_refused_on_every_request(
+    hostile_server: HostileServer, driver: Driver, where: str
+) -> None:
+    # The host passed every check once (a request to another path): a URL on it that
+    # holds a key is still refused, before a byte is sent.
+    hostile_server.route("/v1" + PATH, HostileServer.json(200, b'{"data": []}'))
+    auth, _ = driver.make(KEY)
+    url = hostile_server.url + PASTED[where]
+    for _ in range(2):
+        with pytest.raises(ConfigurationError, match="URL holds an API key"):
+            driver.request(auth, url)
+        assert driver.request(auth, hostile_server.url + "/v1" + PATH).status == 200
+    assert_no_secret(PASTED_TOKEN, hostile_server.received.decode("latin-1"))
+    assert len(hostile_server.hits) == 2
 
 
 def test_allowed_hosts_extend_the_destinations_over_https_only(
@@ -366,6 +435,30 @@ def test_the_key_never_follows_a_redirect_to_another_origin(
         assert keyed == ["/v1/redirect", "/v1/back"]
         assert all("authorization" not in hit.headers for hit in second.hits)
         assert_no_secret(second.received.decode("latin-1"), KEY)
+
+
+def test_the_key_never_follows_a_protocol_relative_redirect(
+    hostile_server: HostileServer, driver: Driver
+) -> None:
+    # Location: //host:port/path names another origin with the current scheme: the
+    # clients follow it there, and the key stays behind.
+    with HostileServer() as second:
+        second.route("/v1" + PATH, HostileServer.json(401, REJECTION))
+        relative = f"//127.0.0.1:{second.port}/v1{PATH}"
+        hostile_server.route("/v1/redirect", HostileServer.redirect(relative))
+        auth, provider = driver.make(KEY)
+        auth.cache.get()
+        provider.value = NEXT  # a refetch would resend with this
+        status, _, redirects = driver.request(auth, hostile_server.url + "/v1/redirect")
+        # Counted first, never shown: a hit that carried the key would print it.
+        received = second.received.decode("latin-1")
+        keyed = sum("authorization" in hit.headers for hit in second.hits)
+        assert_no_secret(KEY, received)
+        assert_no_secret(NEXT, received)
+        assert keyed == 0
+        assert (status, redirects) == (401, 1)
+        assert provider.fetches == 1
+        assert (len(second.hits), len(hostile_server.hits)) == (1, 1)
 
 
 def test_a_401_after_a_same_origin_redirect_is_a_rejection(

@@ -29,13 +29,14 @@ from scaling_credentials import (
     KeyCache,
     ScalingAuth,
     ScalingCredentialsError,
+    async_scaling_client,
     provider_from_env,
     provider_from_uri,
     scaling_client,
 )
 from scaling_credentials.cli import main
 from scaling_credentials.testing import FakeScalingAPI, MemoryProvider
-from scaling_credentials.testing.provider_suite import error_texts
+from scaling_credentials.testing.provider_suite import assert_no_secret, error_texts
 
 TOKEN = "ECHOtest0123456789abcdefQRST"
 KEY = "scl_live_" + TOKEN
@@ -326,6 +327,54 @@ def test_cli_environment(cli: Callable[..., Ran], form: str, variable: str) -> N
         cli("resolve", *mode, env=env)
         cli("check", "--base-url", "http://127.0.0.1:1/v1", "--timeout", "2", *mode, env=env)
         cli("check", "--timeout", "2", *mode, env=env)
+
+
+PASSWORD = "hunter2PASSWORDsecret"
+# Base URLs with a password that do not parse as an http(s) URL (so are not seen to hold
+# credentials): a port that is not a number or out of range, no scheme, a password with
+# a slash in it, a broken IPv6 literal.
+PASSWORD_URLS = [
+    f"https://user:{PASSWORD}@api.scaling.cloud:port/v1",
+    f"https://user:{PASSWORD}@api.scaling.cloud:99999999/v1",
+    f"user:{PASSWORD}@api.scaling.cloud/v1",
+    f"https://user:pa/{PASSWORD}@api.scaling.cloud/v1",
+    f"https://user:{PASSWORD}@[::1/v1",
+    f"//user:{PASSWORD}@api.scaling.cloud/v1",
+]
+
+
+@pytest.mark.parametrize(
+    "value",
+    PASSWORD_URLS,
+    ids=[
+        "bad-port",
+        "port-out-of-range",
+        "no-scheme",
+        "slash-in-password",
+        "bad-ipv6",
+        "no-scheme-2",
+    ],
+)
+def test_a_password_in_a_malformed_base_url_is_never_echoed(
+    exits: Exits, cli: Callable[..., Ran], value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"ECHO_TEST_KEY": KEY}
+    for mode in MODES:
+        ran = cli("check", "--source", "env:ECHO_TEST_KEY", "--base-url", value, *mode, env=env)
+        assert ran.code == 2
+        ran = cli(
+            "check",
+            "--source",
+            "env:ECHO_TEST_KEY",
+            *mode,
+            env={**env, "SCALING_API_BASE_URL": value},
+        )
+        assert ran.code == 2
+    monkeypatch.setenv("SCALING_API_BASE_URL", value)
+    raises(exits, lambda: scaling_client(MemoryProvider(KEY)))
+    raises(exits, lambda: async_scaling_client(MemoryProvider(KEY)))
+    assert_no_secret(PASSWORD, *exits.everything())
+    assert_no_secret(PASSWORD.removeprefix("hunter2"), *exits.everything())
 
 
 @pytest.mark.parametrize("case", sorted(CONTENTS))

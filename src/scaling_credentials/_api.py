@@ -334,7 +334,9 @@ def raise_for_scaling_error(response: httpx.Response) -> httpx.Response:
 def check_base_url(text: str, *, setting: str) -> str:
     """``text`` when it is an http(s) URL with a host and no credentials; else a
     :class:`ConfigurationError` that names ``setting`` (the variable or option it came
-    from) and quotes the value only when it cannot hold a key or a password."""
+    from) and quotes the value only when it cannot hold a key or a password: never when
+    it holds an ``@``, which may end a password that the URL did not parse far enough to
+    find (a bad port, no scheme, a ``/`` in the password)."""
     if looks_like_key(text):
         raise ConfigurationError(
             f"{setting} contains an API key (scl_live_...); it is the API's address, such as "
@@ -350,6 +352,12 @@ def check_base_url(text: str, *, setting: str) -> str:
             f"{setting} must not hold credentials (user:password@); remove them"
         )
     if url is None or url.scheme not in ("http", "https") or not url.host:
+        if "@" in text:
+            raise ConfigurationError(
+                f"{setting} must be an http(s) URL such as {DEFAULT_BASE_URL}, with no "
+                "credentials (user:password@); the value is not shown, as it may hold a "
+                "password"
+            )
         shown = text if len(text) <= 80 else text[:77] + "..."
         raise ConfigurationError(
             f"{setting} must be an http(s) URL such as {DEFAULT_BASE_URL}, got {shown!r}"

@@ -12,41 +12,16 @@ from collections.abc import AsyncGenerator, Generator, Iterable
 
 import httpx
 
-from ._api import aread_error_body, parse_error_body, read_error_body
-from ._authcore import (
-    ENVIRONMENT_PROXY,
-    AllowedHosts,
-    KeyAuthBase,
-    check_url_parts,
-    normalize_hosts,
-    refuse_proxied,
-)
-from ._authcore import SCALING_HOST as SCALING_HOST
-from ._authcore import Decision as Decision
-from ._authcore import check_destination as _check_host
-from ._authcore import is_loopback as _is_loopback  # noqa: F401 (tests import it here)
-from ._authcore import logger as logger
-from ._authcore import retry_decision as retry_decision
+from ._api import aread_error_body, read_error_body
+from ._authcore import ENVIRONMENT_PROXY, KeyAuthBase, check_target, refuse_proxied
 from ._errors import ConfigurationError
 from ._key import ApiKey
 
-__all__ = ["ScalingAuth", "is_key_rejection", "retry_decision"]
+__all__ = ["ScalingAuth"]
 
 
-# ---------------------------------------------------------------------- plain decisions
-# httpx's types in, the shared core's decisions out.
-
-
-def _normalize_hosts(hosts: Iterable[str] | None) -> tuple[frozenset[str], tuple[str, ...]]:
-    return tuple(normalize_hosts(hosts))  # type: ignore[return-value]
-
-
-def check_destination(
-    url: httpx.URL, exact: frozenset[str] = frozenset(), suffixes: tuple[str, ...] = ()
-) -> None:
-    """Raise :class:`ConfigurationError` unless the key may be sent to ``url``: https to
-    ``api.scaling.cloud``, its subdomains or ``allowed_hosts``; any scheme to loopback."""
-    _check_host(url.scheme, url.host, AllowedHosts(exact, suffixes))
+# ---------------------------------------------------------------------- httpx's types
+# What the shared core decides, read from httpx's requests and responses.
 
 
 def _environment_proxy_applies(url: httpx.URL) -> bool:
@@ -80,31 +55,10 @@ def _proxy_refusal(url: httpx.URL) -> ConfigurationError:
     )
 
 
-def check_not_proxied(url: httpx.URL) -> None:
-    """Raise :class:`ConfigurationError` when a plain-http request for ``url`` would go
-    through a proxy set in the environment: the proxy would read the key in cleartext."""
-    if url.scheme != "https" and _environment_proxy_applies(url):
-        raise _proxy_refusal(url)
-
-
 def _url_parts(url: httpx.URL) -> tuple[str, str, str]:
     return tuple(  # type: ignore[return-value]
         part.decode("ascii", "replace") for part in (url.raw_path, url.userinfo, url.raw_host)
     )
-
-
-def check_url(url: httpx.URL) -> None:
-    """Raise :class:`ConfigurationError` when ``url`` holds an API key (in its host, user
-    info, path or query): the key would be written to the server's and every proxy's
-    access logs, and to httpx's errors."""
-    check_url_parts(*_url_parts(url))
-
-
-def is_key_rejection(response: httpx.Response) -> bool:
-    """True for a 401 whose JSON ``code`` is ``invalid_api_key`` (the body must be read)."""
-    if response.status_code != 401:
-        return False
-    return parse_error_body(response.content).code == "invalid_api_key"
 
 
 def _carried_the_key(request: httpx.Request, response: httpx.Response) -> bool:
@@ -147,7 +101,8 @@ class ScalingAuth(httpx.Auth, KeyAuthBase):
     (``HTTP_PROXY``, ``ALL_PROXY``, not lifted by ``NO_PROXY``) would send through a
     proxy is refused with :class:`ConfigurationError` before anything is sent; https
     through a proxy (a ``CONNECT`` tunnel) is fine. Destinations are checked once per
-    scheme, host and port.
+    scheme, host and port; the path and query, for a key pasted into them, on every
+    request.
     """
 
     requires_request_body = False
@@ -165,7 +120,16 @@ class ScalingAuth(httpx.Auth, KeyAuthBase):
 
     def _check(self, request: httpx.Request) -> None:
         url = request.url
-        marker = (url.scheme, url.raw_host, url.port, url.userinfo)
+        try:
+            # httpx's parsed URL, read whole (it runs on every request): its properties
+            # would each read it and encode their part again.
+            ref = url._uri_reference
+        except AttributeError:  # a future httpx: its public properties
+            check_target(url.raw_path.decode("ascii", "replace"), "")
+            marker: tuple[object, ...] = (url.scheme, url.raw_host, url.port, url.userinfo)
+        else:
+            check_target(ref.path, ref.query or "")
+            marker = (ref.scheme, ref.host, ref.port, ref.userinfo)
         if marker in self._core.checked:
             return
         self._core.check(marker, url.scheme, url.host, _url_parts(url), lambda: self._proxied(url))

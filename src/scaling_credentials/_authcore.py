@@ -6,8 +6,9 @@ response and does the I/O its library allows. Everything they decide alike lives
 in plain functions and one small class they all call, so that the three cannot drift:
 
 * where the key may go (:func:`check_destination`, from a scheme and a host), whether a
-  URL holds a key (:func:`check_url_parts`), and the refusal of a plain-http request
-  that a proxy would carry (:func:`refuse_proxied`);
+  URL holds a key (:func:`check_url_parts`; :func:`check_target` for the path and query
+  of every request), and the refusal of a plain-http request that a proxy would carry
+  (:func:`refuse_proxied`);
 * whether an answer is a rejection of the key (:func:`is_rejection`, from the status,
   the body's bytes and whether the request carried the key);
 * what to do once the key was refreshed (:func:`retry_decision`);
@@ -26,7 +27,7 @@ from typing import Literal, NamedTuple
 from ._api import parse_error_body
 from ._cache import KeyCache, RefreshOutcome
 from ._errors import ConfigurationError, ScalingCredentialsError
-from ._key import ApiKey
+from ._key import KEY_PREFIX, ApiKey
 from ._provider import Provider
 from ._redact import get_logger, looks_like_key
 
@@ -38,6 +39,7 @@ __all__ = [
     "KeyAuthBase",
     "KeyAuthCore",
     "check_destination",
+    "check_target",
     "check_url_parts",
     "is_loopback",
     "is_rejection",
@@ -149,6 +151,16 @@ def check_url_parts(*parts: str) -> None:
             )
 
 
+def check_target(path: str, query: str = "") -> None:
+    """:func:`check_url_parts` for a request's path and query, as sent (apart, or joined
+    in ``path``), which differ from one request to the next on a destination already
+    checked: run on every request.
+    Cheap where it finds nothing, the common case: without a ``%`` or the key's prefix
+    in either, nothing can hold a key (a substring test on each, some 100 ns in all)."""
+    if "%" in path or KEY_PREFIX in path or "%" in query or KEY_PREFIX in query:
+        check_url_parts(path, query)
+
+
 #: How a refusal names a proxy read from the environment.
 ENVIRONMENT_PROXY = "the proxy the environment sets (HTTP_PROXY or ALL_PROXY)"
 
@@ -251,7 +263,9 @@ class KeyAuthCore:
     ) -> None:
         """Check a destination whole (the URL's ``url_parts`` for a key, the host and
         scheme, then ``proxied()``, the refusal for a proxy that would carry a plain-http
-        request, if any) unless ``marker`` already passed; remember it when it passes."""
+        request, if any) unless ``marker`` already passed; remember it when it passes.
+        The marker holds no path or query: the drivers check those on every request
+        (:func:`check_target`)."""
         if marker in self.checked:
             return
         # Until a request to this destination passed every check, each one is checked
@@ -322,11 +336,21 @@ class KeyAuthCore:
                 self.cache.describe(),
             )
             return fresh
-        if decision == "same-key":
+        if decision == "same-key" and outcome == "rejected":
+            # The cache warned (once a minute per key): the source holds only keys the
+            # API rejected.
+            logger.debug(
+                "Scaling API rejected key %s (requestId %s); the source returned %s, a key "
+                "the API rejected before: returning the 401, not resending",
+                sent.masked,
+                _request_id(body),
+                fresh.masked,
+            )
+        elif decision == "same-key":
             # The cache warned (once a minute per key, naming the likely cause).
             logger.debug(
-                "Scaling API rejected key %s (requestId %s); the source has no other key "
-                "(%s), returning the 401",
+                "Scaling API rejected key %s (requestId %s); no other key to resend with "
+                "(refresh: %s), returning the 401",
                 sent.masked,
                 _request_id(body),
                 outcome,

@@ -804,8 +804,28 @@ class KeyCache:
             self._warn_stuck(rejected, outcome)
             return key, outcome
         if outcome == "fetched" and self.is_rejected(key):
-            return key, "rejected"  # the source holds only keys the API rejected
+            # The source holds only keys the API rejected: no request can succeed.
+            self._warn_rejected_before(rejected, key)
+            return key, "rejected"
         return key, outcome
+
+    def _warn_rejected_before(self, rejected: ApiKey, key: ApiKey) -> None:
+        """The refetch after ``rejected`` returned ``key``, which the API rejected before:
+        one WARNING per such key per minute, counted with its own stuck rejections (the
+        requests sent with ``key`` next fail as stuck ones); the rest at DEBUG."""
+        with self._lock:
+            suppressed = self._state.note_stuck(self._clock(), key, STUCK_WARNING_EVERY)
+        text = "Scaling API rejected key %s and %s returned %s, a key it rejected before"
+        if suppressed is None:
+            logger.debug(text, rejected.masked, self.describe(), key.masked)
+            return
+        logger.warning(
+            text + "; requests fail until the source holds a valid key%s",
+            rejected.masked,
+            self.describe(),
+            key.masked,
+            _suppressed(suppressed),
+        )
 
     def _warn_stuck(self, key: ApiKey, outcome: RefreshOutcome) -> None:
         """One WARNING per stuck key per minute, naming the likely cause; the rest at
@@ -832,9 +852,7 @@ class KeyCache:
             "key%s",
             key.masked,
             cause,
-            f" ({suppressed} more rejections of this key since the last warning)"
-            if suppressed
-            else "",
+            _suppressed(suppressed),
         )
 
     # ------------------------------------------------------------------ logging and events
@@ -941,3 +959,8 @@ class KeyCache:
         if self._own_rng:
             self._state.rng = _random.Random()
         self._state.first = True
+
+
+def _suppressed(count: int) -> str:
+    """How a rate-limited warning counts the rejections logged at DEBUG since the last."""
+    return f" ({count} more rejections of this key since the last warning)" if count else ""

@@ -9,9 +9,11 @@ the ones every client shares (:mod:`scaling_credentials._authcore`).
 
 aiohttp follows redirects outside the middlewares, calling them again for every hop with
 a new request. The middleware notes each redirect it answers, in the calling task's
-context, and recognises the next hop by its URL: a hop to another origin (scheme, host
-or port) gets no key, its answers are never a rejection, and neither is anything after
-it, as with httpx and requests.
+context, and recognises the next hop by its URL (``Location`` resolved as aiohttp
+resolves it, ``//host/path`` included) and by the chain it belongs to: a hop to another
+origin (scheme, host or port) gets no key, its answers are never a rejection, and
+neither is anything after it, as with httpx and requests. A request of the caller's own
+is never taken for a hop, even to the URL of a redirect it did not follow.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a fresh interprete
     raise missing("aiohttp", extra="aiohttp") from exc
 
 from .._api import ErrorBodyReader, error_body_too_long
-from .._authcore import KeyAuthBase, refuse_proxied, same_origin
+from .._authcore import KeyAuthBase, check_target, refuse_proxied, same_origin
 from .._errors import ConfigurationError
 from .._key import ApiKey
 
@@ -45,11 +47,13 @@ Origin = tuple[str, str, "int | None"]
 
 
 class _Hop(NamedTuple):
-    """A redirect answered in this task: where aiohttp goes next, and the origin that
-    may receive the key on that hop (``None``: none may, the chain left it)."""
+    """A redirect answered in this task: where aiohttp goes next, the origin that may
+    receive the key on that hop (``None``: none may, the chain left it), and the chain
+    itself (see :func:`_chain`)."""
 
     target: URL
     keyed: Origin | None
+    chain: object
 
 
 _next_hop: contextvars.ContextVar[_Hop | None] = contextvars.ContextVar(
@@ -77,14 +81,18 @@ class ScalingMiddleware(KeyAuthBase):
         hop = _next_hop.get()
         if hop is not None:
             _next_hop.set(None)
-            if _same_target(hop.target, url) and (
+            if _is_next_hop(hop, request) and (
                 hop.keyed is None or not same_origin(hop.keyed, _origin(url))
             ):
                 # A redirect hop to another origin: no key, nothing checked or read.
                 response = await handler(request)
-                _note_redirect(response, None)
+                _note_redirect(request, response, None)
                 return response
-        marker = (url.scheme, url.raw_authority)
+        # The request line's target, which aiohttp builds (and caches on the URL) anyway.
+        check_target(url.raw_path_qs)
+        # The proxy is part of the route: the same URL through a proxy (proxy=, or a
+        # session with trust_env=True sharing this middleware) is checked anew.
+        marker = (url.scheme, url.raw_authority, request.proxy)
         if marker not in self._core.checked:
             self._check(request, url, marker)
         key = self._cache._fresh() or await self._cache.aget()
@@ -93,10 +101,10 @@ class ScalingMiddleware(KeyAuthBase):
         if response.status == 401:
             response = await self._after_401(request, handler, response, key)
         if response.status in _REDIRECTS:
-            _note_redirect(response, _origin(url))
+            _note_redirect(request, response, _origin(url))
         return response
 
-    def _check(self, request: ClientRequest, url: URL, marker: tuple[str, str]) -> None:
+    def _check(self, request: ClientRequest, url: URL, marker: tuple[str, str, URL | None]) -> None:
         self._core.check(
             marker,
             url.scheme,
@@ -140,30 +148,43 @@ def _proxied(request: ClientRequest) -> ConfigurationError | None:
     )
 
 
-def _note_redirect(response: ClientResponse, keyed: Origin | None) -> None:
-    """Remember where aiohttp goes next when ``response`` is a redirect it may follow,
-    resolving ``Location`` as aiohttp does."""
+def _note_redirect(request: ClientRequest, response: ClientResponse, keyed: Origin | None) -> None:
+    """Remember where aiohttp goes next when ``response`` (to ``request``) is a redirect
+    it may follow, resolving ``Location`` as aiohttp does."""
     if response.status not in _REDIRECTS:
         return
     location = response.headers.get(hdrs.LOCATION) or response.headers.get(hdrs.URI)
     if location is None:
         return
     try:
-        target = URL(location)
-        if not target.is_absolute():
-            target = response.url.join(target)
+        # Always joined: a scheme-relative "//host/path" names another origin (yarl
+        # calls it absolute, but aiohttp resolves it against the current URL), and
+        # "http:path" is a path on this one.
+        target = response.url.join(URL(location))
     except ValueError:
         return  # aiohttp refuses to follow it
     if keyed is not None and not same_origin(
         keyed, (target.scheme, target.host or "", target.port)
     ):
         keyed = None  # the chain leaves the origin that had the key: the key stays behind
-    _next_hop.set(_Hop(target, keyed))
+    _next_hop.set(_Hop(target, keyed, _chain(request)))
 
 
-def _same_target(expected: URL, url: URL) -> bool:
-    """Whether ``url`` is the hop to ``expected``: same origin and path (the query and
-    its encoding may be rewritten on the way)."""
+def _chain(request: ClientRequest) -> object:
+    """What every hop of one redirect chain shares and no other request does: aiohttp
+    builds each hop's request with the trace list of the call that started the chain
+    (``ClientRequest._traces``, one new list per call). ``None`` if a future aiohttp
+    lacks it: then a hop is recognised by its URL alone."""
+    return getattr(request, "_traces", None)
+
+
+def _is_next_hop(hop: _Hop, request: ClientRequest) -> bool:
+    """Whether ``request`` is the hop aiohttp follows after ``hop``'s redirect: the same
+    chain (not a request of the caller's own after a redirect left unfollowed), to the
+    same origin and path (the query and its encoding may be rewritten on the way)."""
+    if hop.chain is not None and _chain(request) is not hop.chain:
+        return False
+    expected, url = hop.target, request.url
     same_path = (expected.path or "/") == (url.path or "/")
     return same_path and same_origin(_origin(expected), _origin(url))
 
@@ -181,13 +202,15 @@ async def _read_error_body(request: ClientRequest, response: ClientResponse) -> 
     timeout). ``None`` when larger, slower or not decodable in bounds. What was read is
     put back in front of the unread rest, so ``response.read()`` still returns all of it.
 
-    aiohttp decodes the body before the middleware sees it (``auto_decompress``, on by
-    default): it then bounds its own decoding (3.13.3 and later), and the bounded
-    decoder every client shares only counts. With ``auto_decompress=False`` on the
-    session, that decoder undoes ``gzip`` and ``deflate`` itself."""
+    aiohttp decodes the body before the middleware sees it when ``auto_decompress`` is
+    on (the session's, or the request's own ``auto_decompress=``) and the encoding is one
+    it knows: it then bounds its own decoding (3.13.3 and later), and the bounded
+    decoder every client shares only counts. Otherwise (``auto_decompress=False``, or
+    ``gzip, gzip``, which aiohttp leaves as it came) that decoder undoes ``gzip`` and
+    ``deflate`` itself. Which it was is read from this response (:func:`_decoded`)."""
     if error_body_too_long(response.headers.get(hdrs.CONTENT_LENGTH)):
         return None
-    decoded = request.session.auto_decompress
+    decoded = _decoded(request, response)
     reader = ErrorBodyReader(() if decoded else response.headers.getall(hdrs.CONTENT_ENCODING, ()))
     if reader.failed:
         return None
@@ -206,6 +229,18 @@ async def _read_error_body(request: ClientRequest, response: ClientResponse) -> 
     finally:
         _put_back(content, b"".join(reader.raw))
     return reader.result() if complete else None
+
+
+def _decoded(request: ClientRequest, response: ClientResponse) -> bool:
+    """Whether aiohttp decodes this response's body before handing it over. It wraps the
+    stream in a decoder only then, and the decoder sets the stream's
+    ``total_compressed_bytes`` (the count behind the documented ``total_raw_bytes``),
+    ``None`` otherwise. Read per response, since a request's ``auto_decompress=``
+    overrides the session's; an aiohttp without that attribute: the session's setting."""
+    try:
+        return response.content.total_compressed_bytes is not None
+    except AttributeError:  # pragma: no cover - a future aiohttp (3.13.3 to 3.14 have it)
+        return request.session.auto_decompress
 
 
 def _put_back(content: aiohttp.StreamReader, data: bytes) -> None:

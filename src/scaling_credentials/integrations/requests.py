@@ -29,7 +29,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a fresh interprete
     raise missing("requests", extra="requests") from exc
 
 from .._api import ErrorBodyReader, error_body_too_long
-from .._authcore import ENVIRONMENT_PROXY, KeyAuthBase, refuse_proxied, same_origin
+from .._authcore import (
+    ENVIRONMENT_PROXY,
+    KeyAuthBase,
+    check_target,
+    refuse_proxied,
+    same_origin,
+)
 from .._errors import ConfigurationError
 from .._key import ApiKey
 
@@ -60,6 +66,7 @@ class ScalingRequestsAuth(AuthBase, KeyAuthBase):
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         url = r.url or ""
         parts = urlsplit(url)
+        check_target(parts.path, parts.query)
         marker = (parts.scheme, parts.netloc)
         if marker not in self._core.checked:
             self._core.check(
