@@ -116,7 +116,7 @@ def test_a_file_body_is_not_resent_but_the_key_is_refreshed(
         assert session.get(api.url + PATH).status_code == 200  # with the new key
     assert provider.fetches == 2
     assert "cannot be resent" in caplog.text
-    assert_no_secret(caplog.text, old)
+    assert_no_secret(old, caplog.text)
 
 
 def test_success_bodies_are_not_read_and_stay_streaming(api: FakeScalingAPI) -> None:

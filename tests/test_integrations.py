@@ -247,7 +247,7 @@ def test_source_forms_and_repr(driver: Driver, monkeypatch: pytest.MonkeyPatch) 
     ):
         assert_key_is(auth.cache.get(), KEY)
         assert repr(auth).startswith(f"<{driver.auth.__name__} ")
-        assert_no_secret(repr(auth), KEY)
+        assert_no_secret(KEY, repr(auth))
     with pytest.raises(ConfigurationError, match=f"ttl applies when {driver.auth.__name__}"):
         driver.auth(KeyCache(MemoryProvider(KEY)), ttl=5)
     with pytest.raises(ConfigurationError, match=f"{driver.auth.__name__} takes a Provider"):
@@ -275,7 +275,7 @@ def test_refused_destinations_raise_before_anything_is_fetched_or_sent(
     with pytest.raises(ConfigurationError, match=reason) as info:
         driver.request(auth, url)
     assert provider.fetches == 0
-    assert_no_secret(str(info.value), KEY)
+    assert_no_secret(KEY, str(info.value))
 
 
 @pytest.mark.parametrize(("url", "reason"), REFUSED)
@@ -352,8 +352,8 @@ def test_a_one_shot_body_is_not_resent_but_the_key_is_refreshed(
     assert provider.fetches == 2
     assert len(api.requests) == 1
     assert "cannot be resent" in caplog.text
-    assert_no_secret(caplog.text, old)
-    assert_no_secret(caplog.text, new)
+    assert_no_secret(old, caplog.text)
+    assert_no_secret(new, caplog.text)
 
 
 # ============================================================================ hostile 401s
@@ -434,7 +434,7 @@ def test_the_key_never_follows_a_redirect_to_another_origin(
         keyed = [hit.path for hit in hostile_server.hits if "authorization" in hit.headers]
         assert keyed == ["/v1/redirect", "/v1/back"]
         assert all("authorization" not in hit.headers for hit in second.hits)
-        assert_no_secret(second.received.decode("latin-1"), KEY)
+        assert_no_secret(KEY, second.received.decode("latin-1"))
 
 
 def test_the_key_never_follows_a_protocol_relative_redirect(
